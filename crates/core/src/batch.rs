@@ -1,0 +1,1 @@
+//! The batching policy. (Filled in below.)
