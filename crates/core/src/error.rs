@@ -129,10 +129,7 @@ mod tests {
 
     #[test]
     fn only_transient_kinds_are_retryable() {
-        let retryable: Vec<_> = ErrorKind::ALL
-            .into_iter()
-            .filter(|k| k.retry() == Retry::Retryable)
-            .collect();
+        let retryable: Vec<_> = ErrorKind::ALL.into_iter().filter(|k| k.retry() == Retry::Retryable).collect();
         assert_eq!(retryable, vec![ErrorKind::FetchFailed, ErrorKind::Internal]);
     }
 }

@@ -95,9 +95,8 @@ impl JobUrl {
             return Err(ParseError::new(ParseErrorKind::BadUrl, format!("url is longer than {MAX_URL_LEN} bytes")));
         }
         if let Some(rest) = s.strip_prefix("s3://") {
-            let (bucket, key) = rest
-                .split_once('/')
-                .ok_or_else(|| ParseError::new(ParseErrorKind::BadUrl, "s3 url has no key"))?;
+            let (bucket, key) =
+                rest.split_once('/').ok_or_else(|| ParseError::new(ParseErrorKind::BadUrl, "s3 url has no key"))?;
             validate_bucket(bucket)?;
             if key.is_empty() {
                 return Err(ParseError::new(ParseErrorKind::BadUrl, "s3 url has an empty key"));
@@ -107,7 +106,8 @@ impl JobUrl {
             }
             return Ok(JobUrl::S3 { bucket: bucket.to_owned(), key: key.to_owned() });
         }
-        let url = url::Url::parse(s).map_err(|e| ParseError::new(ParseErrorKind::BadUrl, format!("invalid url: {e}")))?;
+        let url =
+            url::Url::parse(s).map_err(|e| ParseError::new(ParseErrorKind::BadUrl, format!("invalid url: {e}")))?;
         match url.scheme() {
             "https" | "http" => {}
             other => {
@@ -203,7 +203,13 @@ impl JobMessage {
 
     /// The wire form (compact JSON).
     pub fn to_json(&self) -> String {
-        let out = WireOut { v: JOB_VERSION, job_id: &self.job_id, url: &self.url_raw, run_id: &self.run_id, attrs: &self.attrs };
+        let out = WireOut {
+            v: JOB_VERSION,
+            job_id: &self.job_id,
+            url: &self.url_raw,
+            run_id: &self.run_id,
+            attrs: &self.attrs,
+        };
         // Serialising plain strings and a JSON map cannot fail.
         serde_json::to_string(&out).unwrap_or_default()
     }
@@ -211,7 +217,10 @@ impl JobMessage {
     /// Parses a message body strictly. Never panics, whatever the input.
     pub fn parse(body: &str) -> Result<Self, ParseError> {
         if body.len() > MAX_BODY_BYTES {
-            return Err(ParseError::new(ParseErrorKind::TooLarge, format!("body is {} bytes, limit {MAX_BODY_BYTES}", body.len())));
+            return Err(ParseError::new(
+                ParseErrorKind::TooLarge,
+                format!("body is {} bytes, limit {MAX_BODY_BYTES}", body.len()),
+            ));
         }
         let probe: Probe = serde_json::from_str(body)
             .map_err(|e| ParseError::new(ParseErrorKind::Malformed, format!("not a JSON object: {e}")))?;
@@ -233,7 +242,8 @@ impl JobMessage {
         }
         let wire: WireV1 = serde_json::from_str(body).map_err(|e| {
             let msg = e.to_string();
-            let kind = if msg.starts_with("missing field") { ParseErrorKind::MissingField } else { ParseErrorKind::Malformed };
+            let kind =
+                if msg.starts_with("missing field") { ParseErrorKind::MissingField } else { ParseErrorKind::Malformed };
             with_id(ParseError::new(kind, msg))
         })?;
         debug_assert_eq!(wire.v, JOB_VERSION);
@@ -298,10 +308,16 @@ fn validate_id(field: &str, s: &str) -> Result<(), ParseError> {
         return Err(ParseError::new(ParseErrorKind::BadId, format!("`{field}` is empty")));
     }
     if s.len() > MAX_ID_LEN {
-        return Err(ParseError::new(ParseErrorKind::BadId, format!("`{field}` is longer than {MAX_ID_LEN} characters")));
+        return Err(ParseError::new(
+            ParseErrorKind::BadId,
+            format!("`{field}` is longer than {MAX_ID_LEN} characters"),
+        ));
     }
     if !s.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(ParseError::new(ParseErrorKind::BadId, format!("`{field}` must be printable ASCII without spaces")));
+        return Err(ParseError::new(
+            ParseErrorKind::BadId,
+            format!("`{field}` must be printable ASCII without spaces"),
+        ));
     }
     Ok(())
 }
@@ -309,7 +325,8 @@ fn validate_id(field: &str, s: &str) -> Result<(), ParseError> {
 fn validate_bucket(b: &str) -> Result<(), ParseError> {
     let ok_len = (3..=63).contains(&b.len());
     let ok_chars = b.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.');
-    let ok_ends = b.bytes().next().is_some_and(|c| c.is_ascii_alphanumeric()) && b.bytes().last().is_some_and(|c| c.is_ascii_alphanumeric());
+    let ok_ends = b.bytes().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && b.bytes().last().is_some_and(|c| c.is_ascii_alphanumeric());
     if ok_len && ok_chars && ok_ends {
         Ok(())
     } else {
@@ -320,7 +337,10 @@ fn validate_bucket(b: &str) -> Result<(), ParseError> {
 fn check_attrs(attrs: &serde_json::Map<String, serde_json::Value>) -> Result<(), ParseError> {
     let size = serde_json::to_vec(attrs).map(|v| v.len()).unwrap_or(usize::MAX);
     if size > MAX_ATTRS_BYTES {
-        return Err(ParseError::new(ParseErrorKind::TooLarge, format!("attrs is {size} bytes, limit {MAX_ATTRS_BYTES}")));
+        return Err(ParseError::new(
+            ParseErrorKind::TooLarge,
+            format!("attrs is {size} bytes, limit {MAX_ATTRS_BYTES}"),
+        ));
     }
     Ok(())
 }
@@ -359,7 +379,10 @@ mod tests {
     fn each_bad_message_gets_its_typed_error() {
         use ParseErrorKind::*;
         let long_id = "x".repeat(MAX_ID_LEN + 1);
-        let big_attrs = format!(r#"{{"v":1,"job_id":"a","url":"s3://bkt/k","run_id":"r","attrs":{{"x":"{}"}}}}"#, "y".repeat(MAX_ATTRS_BYTES));
+        let big_attrs = format!(
+            r#"{{"v":1,"job_id":"a","url":"s3://bkt/k","run_id":"r","attrs":{{"x":"{}"}}}}"#,
+            "y".repeat(MAX_ATTRS_BYTES)
+        );
         let cases: Vec<(String, ParseErrorKind)> = vec![
             ("".into(), Malformed),
             ("not json".into(), Malformed),
@@ -387,7 +410,13 @@ mod tests {
             (r#"{"v":1,"job_id":"a","job_id":"b","url":"s3://bkt/k","run_id":"r"}"#.into(), Malformed),
             (r#"{"v":1,"job_id":"a","url":"s3://bkt/k","run_id":"r","attrs":[1]}"#.into(), Malformed),
             (big_attrs, TooLarge),
-            (format!(r#"{{"v":1,"job_id":"a","url":"s3://bkt/k","run_id":"r","attrs":{{"x":"{}"}}}}"#, "z".repeat(MAX_BODY_BYTES)), TooLarge),
+            (
+                format!(
+                    r#"{{"v":1,"job_id":"a","url":"s3://bkt/k","run_id":"r","attrs":{{"x":"{}"}}}}"#,
+                    "z".repeat(MAX_BODY_BYTES)
+                ),
+                TooLarge,
+            ),
             (format!("{}1{}", "[".repeat(10_000), "]".repeat(10_000)), Malformed),
         ];
         for (body, want) in cases {
@@ -397,7 +426,8 @@ mod tests {
 
     #[test]
     fn a_recoverable_job_id_travels_with_the_error() {
-        let err = JobMessage::parse(r#"{"v":1,"job_id":"keep-me","url":"ftp://x/y","run_id":"r"}"#).expect_err("bad scheme");
+        let err =
+            JobMessage::parse(r#"{"v":1,"job_id":"keep-me","url":"ftp://x/y","run_id":"r"}"#).expect_err("bad scheme");
         assert_eq!(err.job_id.as_ref().map(JobId::as_str), Some("keep-me"));
         let err = JobMessage::parse(r#"{"v":9,"job_id":"keep-me"}"#).expect_err("bad version");
         assert_eq!(err.job_id.as_ref().map(JobId::as_str), Some("keep-me"));

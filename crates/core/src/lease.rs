@@ -178,14 +178,20 @@ pub fn claim(cur: Option<&OutcomeRecord>, req: &ClaimRequest<'_>) -> (ClaimOutco
             Status::InProgress if r.lease_until_ms <= req.now_ms => {
                 (ClaimOutcome::TakenOver { fence, previous_owner: r.owner.clone() }, Some(fresh(next_attempt)))
             }
-            Status::InProgress => (ClaimOutcome::Busy { owner: r.owner.clone(), lease_until_ms: r.lease_until_ms }, None),
+            Status::InProgress => {
+                (ClaimOutcome::Busy { owner: r.owner.clone(), lease_until_ms: r.lease_until_ms }, None)
+            }
         },
     }
 }
 
 /// The check every fenced write shares: the record is live, in progress, and
 /// held by exactly this fence.
-fn check_fence<'r>(cur: Option<&'r OutcomeRecord>, fence: &Fence, now_ms: u64) -> Result<&'r OutcomeRecord, LeaseError> {
+fn check_fence<'r>(
+    cur: Option<&'r OutcomeRecord>,
+    fence: &Fence,
+    now_ms: u64,
+) -> Result<&'r OutcomeRecord, LeaseError> {
     let r = live(cur, now_ms).ok_or(LeaseError::NotFound)?;
     if r.owner != fence.owner || r.attempt != fence.attempt {
         return Err(LeaseError::Fenced { owner: r.owner.clone(), attempt: r.attempt });
@@ -198,7 +204,12 @@ fn check_fence<'r>(cur: Option<&'r OutcomeRecord>, fence: &Fence, now_ms: u64) -
 
 /// Renew: extends the lease to `until_ms`. Allowed even after the lease ran
 /// out, as long as nobody took it over (the fence still matches).
-pub fn renew(cur: Option<&OutcomeRecord>, fence: &Fence, until_ms: u64, now_ms: u64) -> Result<OutcomeRecord, LeaseError> {
+pub fn renew(
+    cur: Option<&OutcomeRecord>,
+    fence: &Fence,
+    until_ms: u64,
+    now_ms: u64,
+) -> Result<OutcomeRecord, LeaseError> {
     let r = check_fence(cur, fence, now_ms)?;
     Ok(OutcomeRecord { lease_until_ms: until_ms, ..r.clone() })
 }
@@ -287,7 +298,10 @@ mod tests {
                 let won = matches!(outcome, ClaimOutcome::Claimed(_) | ClaimOutcome::TakenOver { .. });
                 assert_eq!(write.is_some(), won, "{name}");
                 if let Some(w) = write {
-                    assert_eq!((w.status, w.owner.as_str(), w.attempt, w.lease_until_ms), (Status::InProgress, owner, next, NOW + LEASE));
+                    assert_eq!(
+                        (w.status, w.owner.as_str(), w.attempt, w.lease_until_ms),
+                        (Status::InProgress, owner, next, NOW + LEASE)
+                    );
                     assert_eq!(w.result, None);
                 }
             }

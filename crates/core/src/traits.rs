@@ -78,7 +78,10 @@ pub trait JobQueue: Send + Sync + 'static {
 
     /// Deletes the given deliveries, in batches of 10 with unique entry ids.
     /// Returns the entries that could not be deleted.
-    fn delete(&self, receipt_handles: &[String]) -> impl Future<Output = Result<Vec<EntryFailure>, ServiceError>> + Send;
+    fn delete(
+        &self,
+        receipt_handles: &[String],
+    ) -> impl Future<Output = Result<Vec<EntryFailure>, ServiceError>> + Send;
 
     /// Sets each delivery's visibility timeout (0 returns it to the queue at
     /// once). Returns the entries that could not be changed.
@@ -109,7 +112,12 @@ pub trait OutcomeStore: Send + Sync + 'static {
     ) -> impl Future<Output = Result<ClaimOutcome, ServiceError>> + Send;
 
     /// Extends a held lease to `until_ms`; fenced.
-    fn renew(&self, job: &JobId, fence: &Fence, until_ms: u64) -> impl Future<Output = Result<Result<(), LeaseError>, ServiceError>> + Send;
+    fn renew(
+        &self,
+        job: &JobId,
+        fence: &Fence,
+        until_ms: u64,
+    ) -> impl Future<Output = Result<Result<(), LeaseError>, ServiceError>> + Send;
 
     /// Records the final outcome with its result body; fenced.
     fn finish(
@@ -123,7 +131,11 @@ pub trait OutcomeStore: Send + Sync + 'static {
 
     /// Gives a lease back unfinished (shutdown), so another worker may claim
     /// it at once; fenced.
-    fn release(&self, job: &JobId, fence: &Fence) -> impl Future<Output = Result<Result<(), LeaseError>, ServiceError>> + Send;
+    fn release(
+        &self,
+        job: &JobId,
+        fence: &Fence,
+    ) -> impl Future<Output = Result<Result<(), LeaseError>, ServiceError>> + Send;
 
     /// Reads the record, if any.
     fn get(&self, job: &JobId) -> impl Future<Output = Result<Option<OutcomeRecord>, ServiceError>> + Send;
@@ -167,8 +179,5 @@ pub trait Predictor: Send + 'static {
 /// The time and the lease length a caller uses, kept together so tests can
 /// drive them.
 pub fn now_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
