@@ -1,0 +1,313 @@
+//! Turning source entries into job messages and sending them, 10 per
+//! SendMessageBatch, with bounded concurrency, an optional rate limit and
+//! retries.
+
+use crate::progress::Progress;
+use crate::source::{Entry, Item, LineError};
+use scorefleet_core::job::JobMessage;
+use scorefleet_core::traits::{MessageSink, ServiceError};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+
+/// SQS's SendMessageBatch limit.
+pub const BATCH: usize = 10;
+/// How many bad lines the summary lists in full.
+const ERRORS_KEPT: usize = 20;
+/// Whole-request retries on transient errors, on top of the adapter's
+/// per-entry retries.
+const REQUEST_RETRIES: u32 = 5;
+
+/// How to enqueue.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// The run every job belongs to; with the URL it derives the job id.
+    pub run_id: String,
+    /// Stop at the first bad line instead of skipping it.
+    pub strict: bool,
+    /// Build and count messages, send nothing.
+    pub dry_run: bool,
+    /// SendMessageBatch calls in flight at once.
+    pub concurrency: usize,
+    /// Messages per second at most, if set.
+    pub rate: Option<f64>,
+}
+
+/// What a run did.
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize)]
+pub struct Summary {
+    /// The run id used.
+    pub run_id: String,
+    /// Messages accepted by the queue (or, in a dry run, that would be sent).
+    pub enqueued: u64,
+    /// Bad lines skipped (each reported with its line number).
+    pub skipped: u64,
+    /// Messages the queue refused after retries.
+    pub failed: u64,
+    /// Whether nothing was sent.
+    pub dry_run: bool,
+    /// Wall time in seconds.
+    pub elapsed_s: f64,
+    /// The first bad lines, for the report.
+    pub errors: Vec<String>,
+    /// Set when `--strict` stopped the run at a bad line.
+    pub aborted: Option<String>,
+}
+
+impl Summary {
+    /// Whether the run should exit non-zero.
+    pub fn is_failure(&self) -> bool {
+        self.failed > 0 || self.aborted.is_some()
+    }
+}
+
+#[derive(Default)]
+struct Counters {
+    enqueued: AtomicU64,
+    failed: AtomicU64,
+}
+
+/// Reads every item from `items`, sends the valid ones, and summarises.
+pub async fn run<S: MessageSink>(
+    sink: Arc<S>,
+    mut items: mpsc::Receiver<Item>,
+    opts: &Options,
+    progress: &Progress,
+) -> Summary {
+    let started = Instant::now();
+    let counters = Arc::new(Counters::default());
+    let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
+    let mut tasks = JoinSet::new();
+    let mut summary = Summary { run_id: opts.run_id.clone(), dry_run: opts.dry_run, ..Summary::default() };
+    let mut chunk: Vec<String> = Vec::with_capacity(BATCH);
+    let mut built: u64 = 0;
+
+    let record_bad = |summary: &mut Summary, e: LineError| {
+        summary.skipped += 1;
+        progress.warn(&format!("skipped {e}"));
+        if summary.errors.len() < ERRORS_KEPT {
+            summary.errors.push(e.to_string());
+        }
+    };
+
+    while let Some(item) = items.recv().await {
+        let job = item.and_then(|entry| build(entry, &opts.run_id));
+        let body = match job {
+            Ok(job) => job.to_json(),
+            Err(e) => {
+                if opts.strict {
+                    summary.aborted = Some(e.to_string());
+                    record_bad(&mut summary, e);
+                    break;
+                }
+                record_bad(&mut summary, e);
+                continue;
+            }
+        };
+        built += 1;
+        chunk.push(body);
+        if chunk.len() == BATCH {
+            pace(opts.rate, built, started).await;
+            dispatch(&sink, std::mem::take(&mut chunk), opts.dry_run, &permits, &counters, &mut tasks).await;
+        }
+        progress.set(
+            counters.enqueued.load(Ordering::Relaxed),
+            summary.skipped,
+            counters.failed.load(Ordering::Relaxed),
+        );
+        // Reap finished sends so the JoinSet stays small.
+        while tasks.try_join_next().is_some() {}
+    }
+    if !chunk.is_empty() && summary.aborted.is_none() {
+        dispatch(&sink, chunk, opts.dry_run, &permits, &counters, &mut tasks).await;
+    }
+    while tasks.join_next().await.is_some() {}
+    summary.enqueued = counters.enqueued.load(Ordering::Relaxed);
+    summary.failed = counters.failed.load(Ordering::Relaxed);
+    summary.elapsed_s = started.elapsed().as_secs_f64();
+    progress.set(summary.enqueued, summary.skipped, summary.failed);
+    summary
+}
+
+fn build(entry: Entry, run_id: &str) -> Result<JobMessage, LineError> {
+    let line = entry.line;
+    let err = |e: scorefleet_core::ParseError| LineError { line, message: e.message };
+    let job = JobMessage::new(&entry.url, run_id, entry.job_id).map_err(err)?;
+    match entry.attrs {
+        Some(a) => job.with_attrs(a).map_err(err),
+        None => Ok(job),
+    }
+}
+
+/// Sleeps so that no more than `rate` messages per second go out.
+async fn pace(rate: Option<f64>, sent: u64, started: Instant) {
+    if let Some(rate) = rate.filter(|r| *r > 0.0) {
+        let due = Duration::from_secs_f64(sent as f64 / rate);
+        if let Some(wait) = due.checked_sub(started.elapsed()) {
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+async fn dispatch<S: MessageSink>(
+    sink: &Arc<S>,
+    bodies: Vec<String>,
+    dry_run: bool,
+    permits: &Arc<Semaphore>,
+    counters: &Arc<Counters>,
+    tasks: &mut JoinSet<()>,
+) {
+    if dry_run {
+        counters.enqueued.fetch_add(bodies.len() as u64, Ordering::Relaxed);
+        return;
+    }
+    // Waiting for a permit here is the backpressure that keeps memory flat:
+    // the reader stops reading while `concurrency` batches are in flight.
+    let Ok(permit) = permits.clone().acquire_owned().await else { return };
+    let sink = sink.clone();
+    let counters = counters.clone();
+    tasks.spawn(async move {
+        let _permit = permit;
+        let n = bodies.len() as u64;
+        match send_with_retry(&*sink, &bodies).await {
+            Ok(failed) => {
+                for f in &failed {
+                    tracing::warn!(code = %f.code, message = %f.message, "message refused by the queue");
+                }
+                counters.failed.fetch_add(failed.len() as u64, Ordering::Relaxed);
+                counters.enqueued.fetch_add(n - failed.len() as u64, Ordering::Relaxed);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "send failed after retries");
+                counters.failed.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    });
+}
+
+async fn send_with_retry<S: MessageSink>(
+    sink: &S,
+    bodies: &[String],
+) -> Result<Vec<scorefleet_core::traits::EntryFailure>, ServiceError> {
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 0;
+    loop {
+        match sink.send(bodies).await {
+            Err(e) if e.is_transient() && attempt < REQUEST_RETRIES => {
+                attempt += 1;
+                let jitter = rand::random_range(0.5..1.5);
+                tokio::time::sleep(delay.mul_f64(jitter)).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::{Format, read_manifest};
+    use scorefleet_core::traits::EntryFailure;
+    use std::sync::Mutex;
+
+    /// An in-memory sink that refuses chosen bodies, and fails the first
+    /// `transient` calls as a whole.
+    #[derive(Default)]
+    struct Sink {
+        sent: Mutex<Vec<String>>,
+        calls: AtomicU64,
+        refuse: Option<String>,
+        transient: u64,
+    }
+
+    impl MessageSink for Sink {
+        async fn send(&self, bodies: &[String]) -> Result<Vec<EntryFailure>, ServiceError> {
+            assert!(bodies.len() <= BATCH);
+            let call = self.calls.fetch_add(1, Ordering::SeqCst);
+            if call < self.transient {
+                return Err(ServiceError::Transient { op: "SendMessageBatch", message: "throttled".into() });
+            }
+            let mut failed = Vec::new();
+            for (index, b) in bodies.iter().enumerate() {
+                if self.refuse.as_deref().is_some_and(|r| b.contains(r)) {
+                    failed.push(EntryFailure { index, code: "InvalidMessageContents".into(), message: "no".into() });
+                } else {
+                    self.sent.lock().expect("lock").push(b.clone());
+                }
+            }
+            Ok(failed)
+        }
+    }
+
+    fn opts() -> Options {
+        Options { run_id: "r1".into(), strict: false, dry_run: false, concurrency: 4, rate: None }
+    }
+
+    async fn go(sink: Arc<Sink>, text: &str, opts: Options) -> Summary {
+        let (tx, rx) = mpsc::channel(16);
+        let items: Vec<_> = read_manifest(std::io::Cursor::new(text.as_bytes().to_vec()), Format::Lines).collect();
+        tokio::spawn(async move {
+            for i in items {
+                if tx.send(i).await.is_err() {
+                    break;
+                }
+            }
+        });
+        run(sink, rx, &opts, &Progress::quiet()).await
+    }
+
+    fn manifest(n: usize) -> String {
+        (0..n).map(|i| format!("s3://bkt/img-{i}.png\n")).collect()
+    }
+
+    #[tokio::test]
+    async fn sends_every_line_in_batches_of_ten_with_derived_ids() {
+        let sink = Arc::new(Sink::default());
+        let s = go(sink.clone(), &manifest(25), opts()).await;
+        assert_eq!((s.enqueued, s.skipped, s.failed), (25, 0, 0));
+        assert_eq!(sink.calls.load(Ordering::SeqCst), 3);
+        let sent = sink.sent.lock().expect("lock").clone();
+        let mut ids: Vec<_> = sent.iter().map(|b| JobMessage::parse(b).expect("valid").job_id).collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 25);
+        let again = Arc::new(Sink::default());
+        go(again.clone(), &manifest(25), opts()).await;
+        let mut ids2: Vec<_> =
+            again.sent.lock().expect("lock").iter().map(|b| JobMessage::parse(b).expect("valid").job_id).collect();
+        ids2.sort();
+        assert_eq!(ids, ids2, "re-running enqueues the same ids");
+    }
+
+    #[tokio::test]
+    async fn bad_lines_are_skipped_and_counted_or_stop_the_run_under_strict() {
+        let text = "s3://bkt/a\nftp://x/y\ns3://bkt/b\n";
+        let s = go(Arc::new(Sink::default()), text, opts()).await;
+        assert_eq!((s.enqueued, s.skipped), (2, 1));
+        assert!(s.errors[0].starts_with("line 2:"), "{:?}", s.errors);
+        assert!(!s.is_failure());
+        let strict = Options { strict: true, ..opts() };
+        let s = go(Arc::new(Sink::default()), text, strict).await;
+        assert!(s.aborted.is_some());
+        assert!(s.is_failure());
+    }
+
+    #[tokio::test]
+    async fn refused_entries_are_failures_and_transient_errors_are_retried() {
+        let sink = Arc::new(Sink { refuse: Some("img-3.png".into()), transient: 2, ..Sink::default() });
+        let s = go(sink, &manifest(12), opts()).await;
+        assert_eq!((s.enqueued, s.failed), (11, 1));
+        assert!(s.is_failure());
+    }
+
+    #[tokio::test]
+    async fn dry_run_sends_nothing() {
+        let sink = Arc::new(Sink::default());
+        let s = go(sink.clone(), &manifest(15), Options { dry_run: true, ..opts() }).await;
+        assert_eq!(s.enqueued, 15);
+        assert_eq!(sink.calls.load(Ordering::SeqCst), 0);
+    }
+}

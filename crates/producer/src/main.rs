@@ -1,0 +1,229 @@
+//! `scorefleet-producer`: enqueue image-URL jobs from an S3 prefix, a manifest
+//! file or stdin.
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use scorefleet_aws::{ApiCounters, AwsConfig, S3Store, SqsQueue};
+use scorefleet_producer::enqueue::{self, Options};
+use scorefleet_producer::progress::Progress;
+use scorefleet_producer::source::{self, Entry, Format, Item};
+use std::io::BufReader;
+use std::process::ExitCode;
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// Enqueue image-scoring jobs for a scorefleet fleet.
+///
+/// AWS access uses the standard chain: AWS_REGION, AWS_PROFILE, credentials,
+/// and AWS_ENDPOINT_URL for a local emulator.
+#[derive(Debug, Parser)]
+#[command(name = "scorefleet-producer", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log filter (tracing EnvFilter syntax).
+    #[arg(long, global = true, env = "SCOREFLEET_LOG", default_value = "warn")]
+    log: String,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Send one job per image to the input queue.
+    Enqueue(EnqueueArgs),
+}
+
+#[derive(Debug, Args)]
+struct EnqueueArgs {
+    /// The input queue URL.
+    #[arg(long, env = "SCOREFLEET_INPUT_QUEUE_URL")]
+    queue_url: String,
+    /// The run id; with each URL it derives the job id, so re-running the
+    /// same command enqueues the same ids. Default: run-YYYY-MM-DD (UTC).
+    #[arg(long, env = "SCOREFLEET_RUN_ID")]
+    run_id: Option<String>,
+    /// Enqueue every object under this S3 prefix (s3://bucket/prefix).
+    #[arg(long, env = "SCOREFLEET_S3_PREFIX", conflicts_with_all = ["manifest", "stdin"])]
+    s3_prefix: Option<String>,
+    /// With --s3-prefix: only keys ending with this suffix (e.g. `.png`).
+    #[arg(long, env = "SCOREFLEET_SUFFIX", requires = "s3_prefix")]
+    suffix: Option<String>,
+    /// With --s3-prefix: only keys matching this glob (e.g. `**/*.jpg`).
+    #[arg(long, env = "SCOREFLEET_GLOB", requires = "s3_prefix")]
+    glob: Option<String>,
+    /// Read jobs from this manifest file.
+    #[arg(long, env = "SCOREFLEET_MANIFEST", conflicts_with = "stdin")]
+    manifest: Option<String>,
+    /// Read jobs from standard input.
+    #[arg(long)]
+    stdin: bool,
+    /// Manifest layout; `auto` chooses by file extension.
+    #[arg(long, value_enum, env = "SCOREFLEET_FORMAT", default_value = "auto")]
+    format: Format,
+    /// Stop at the first bad line instead of skipping it.
+    #[arg(long, env = "SCOREFLEET_STRICT")]
+    strict: bool,
+    /// Build and count the messages, send nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// SendMessageBatch calls in flight at once.
+    #[arg(long, env = "SCOREFLEET_CONCURRENCY", default_value_t = 8)]
+    concurrency: usize,
+    /// At most this many messages per second.
+    #[arg(long, env = "SCOREFLEET_RATE")]
+    rate: Option<f64>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_default())
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Enqueue(args) => enqueue_cmd(args).await,
+    }
+}
+
+async fn enqueue_cmd(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
+    let aws = AwsConfig::load().await;
+    let counters = Arc::new(ApiCounters::new());
+    let run_id =
+        args.run_id.clone().unwrap_or_else(|| scorefleet_producer::default_run_id(time::OffsetDateTime::now_utc()));
+    // Small: the reader waits on the senders, so memory stays flat however
+    // long the source is.
+    let (tx, rx) = mpsc::channel::<Item>(1024);
+
+    let reader = if let Some(prefix) = &args.s3_prefix {
+        let (bucket, prefix) = split_s3(prefix)?;
+        let filter = KeyFilter::new(args.suffix.clone(), args.glob.as_deref())?;
+        let store = S3Store::new(aws.s3(), counters.clone());
+        tokio::spawn(list_s3(store, bucket, prefix, filter, tx))
+    } else if let Some(path) = &args.manifest {
+        let file = std::fs::File::open(path).with_context(|| format!("cannot open manifest {path}"))?;
+        let format = args.format.resolve(Some(path));
+        tokio::task::spawn_blocking(move || forward(source::read_manifest(BufReader::new(file), format), tx))
+    } else if args.stdin {
+        let format = args.format.resolve(None);
+        tokio::task::spawn_blocking(move || {
+            forward(source::read_manifest(BufReader::new(std::io::stdin()), format), tx)
+        })
+    } else {
+        bail!("say where the jobs come from: --s3-prefix, --manifest or --stdin");
+    };
+
+    let sink = Arc::new(SqsQueue::new(aws.sqs(), args.queue_url.clone(), counters.clone()));
+    let opts =
+        Options { run_id, strict: args.strict, dry_run: args.dry_run, concurrency: args.concurrency, rate: args.rate };
+    let progress = Progress::auto();
+    let summary = enqueue::run(sink, rx, &opts, &progress).await;
+    progress.finish();
+    // The reader stops on its own once the receiver is gone (strict abort).
+    let source_error = match reader.await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("{e:#}")),
+        Err(e) => Some(format!("source task failed: {e}")),
+    };
+
+    if args.json {
+        println!("{}", serde_json::to_string(&summary)?);
+    } else {
+        println!(
+            "run {}: enqueued {}, skipped {}, failed {}{} in {:.1}s",
+            summary.run_id,
+            summary.enqueued,
+            summary.skipped,
+            summary.failed,
+            if summary.dry_run { " (dry run)" } else { "" },
+            summary.elapsed_s
+        );
+        if let Some(why) = &summary.aborted {
+            println!("stopped at a bad line (--strict): {why}");
+        }
+    }
+    if let Some(e) = &source_error {
+        eprintln!("error: {e}");
+    }
+    Ok(if summary.is_failure() || source_error.is_some() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn forward(items: impl Iterator<Item = Item>, tx: mpsc::Sender<Item>) -> anyhow::Result<()> {
+    for item in items {
+        if tx.blocking_send(item).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn split_s3(url: &str) -> anyhow::Result<(String, String)> {
+    let rest = url.strip_prefix("s3://").context("--s3-prefix must look like s3://bucket/prefix")?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        bail!("--s3-prefix has no bucket");
+    }
+    Ok((bucket.to_owned(), prefix.to_owned()))
+}
+
+/// Which listed keys become jobs.
+struct KeyFilter {
+    suffix: Option<String>,
+    glob: Option<globset::GlobMatcher>,
+}
+
+impl KeyFilter {
+    fn new(suffix: Option<String>, glob: Option<&str>) -> anyhow::Result<Self> {
+        let glob = glob.map(|g| globset::Glob::new(g).map(|g| g.compile_matcher())).transpose()?;
+        Ok(Self { suffix, glob })
+    }
+
+    fn admits(&self, key: &str) -> bool {
+        !key.ends_with('/')
+            && self.suffix.as_ref().is_none_or(|s| key.ends_with(s.as_str()))
+            && self.glob.as_ref().is_none_or(|g| g.is_match(key))
+    }
+}
+
+/// Lists the prefix page by page into the channel. A listing failure ends the
+/// run as failed: the jobs after it were never seen, so they cannot be counted
+/// as skipped.
+async fn list_s3(
+    store: S3Store,
+    bucket: String,
+    prefix: String,
+    filter: KeyFilter,
+    tx: mpsc::Sender<Item>,
+) -> anyhow::Result<()> {
+    let mut pages = store.list_pages(&bucket, &prefix);
+    let mut n = 0u64;
+    while let Some(page) = pages.next_page().await {
+        let keys = page.with_context(|| format!("listing s3://{bucket}/{prefix} failed after {n} keys"))?;
+        for key in keys.into_iter().filter(|k| filter.admits(k)) {
+            n += 1;
+            let entry = Entry { line: n, url: format!("s3://{bucket}/{key}"), job_id: None, attrs: None };
+            if tx.send(Ok(entry)).await.is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
