@@ -7,9 +7,12 @@
 //!   stream; bad lines come out as typed, numbered errors.
 //! - [`enqueue`]: builds job messages (deterministic ids) and sends them 10 per
 //!   SendMessageBatch with bounded concurrency, a rate limit and retries.
+//! - [`collect`]: drains the output queue into JSONL/CSV, dropping duplicate
+//!   job ids, deleting only what is durably written.
 //! - [`progress`]: a bar on a terminal, plain lines elsewhere.
 #![warn(missing_docs)]
 
+pub mod collect;
 pub mod enqueue;
 pub mod progress;
 pub mod source;

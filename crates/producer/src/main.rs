@@ -30,6 +30,35 @@ struct Cli {
 enum Command {
     /// Send one job per image to the input queue.
     Enqueue(EnqueueArgs),
+    /// Drain the output queue into JSONL and CSV files, dropping duplicate
+    /// job ids; a message is deleted only once its line is on disk.
+    Collect(CollectArgs),
+}
+
+#[derive(Debug, Args)]
+struct CollectArgs {
+    /// The output (results) queue URL.
+    #[arg(long, env = "SCOREFLEET_OUTPUT_QUEUE_URL")]
+    queue_url: String,
+    /// Results file, one JSON object per line (appended to; ids already in it
+    /// are not written again).
+    #[arg(long, env = "SCOREFLEET_RESULTS", default_value = "results.jsonl")]
+    out: std::path::PathBuf,
+    /// The same results as CSV (default: the JSONL path with `.csv`).
+    #[arg(long, env = "SCOREFLEET_RESULTS_CSV")]
+    csv: Option<std::path::PathBuf>,
+    /// Stop after this many empty long polls in a row.
+    #[arg(long, env = "SCOREFLEET_IDLE_POLLS", default_value_t = 2)]
+    idle_polls: u32,
+    /// Long-poll wait in seconds (0–20).
+    #[arg(long, env = "SCOREFLEET_WAIT_SECONDS", default_value_t = 5)]
+    wait_seconds: u64,
+    /// Stop once this many new results are written.
+    #[arg(long)]
+    max_results: Option<u64>,
+    /// Print the summary as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -101,7 +130,37 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Enqueue(args) => enqueue_cmd(args).await,
+        Command::Collect(args) => collect_cmd(args).await,
     }
+}
+
+async fn collect_cmd(args: CollectArgs) -> anyhow::Result<ExitCode> {
+    let aws = AwsConfig::load().await;
+    let queue = SqsQueue::new(aws.sqs(), args.queue_url.clone(), Arc::new(ApiCounters::new()));
+    let csv = args.csv.clone().unwrap_or_else(|| args.out.with_extension("csv"));
+    let opts = scorefleet_producer::collect::Options {
+        rejects: args.out.with_extension("rejects.txt"),
+        jsonl: args.out.clone(),
+        csv: Some(csv),
+        idle_polls: args.idle_polls.max(1),
+        wait: std::time::Duration::from_secs(args.wait_seconds.min(20)),
+        max_results: args.max_results,
+    };
+    let s = scorefleet_producer::collect::run(&queue, &opts).await?;
+    if args.json {
+        println!("{}", serde_json::to_string(&s)?);
+    } else {
+        println!(
+            "collected {} new results into {} ({} duplicates dropped, {} rejected, {} deleted, {} deletes failed)",
+            s.written,
+            args.out.display(),
+            s.duplicates,
+            s.rejected,
+            s.deleted,
+            s.delete_failed
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn enqueue_cmd(args: EnqueueArgs) -> anyhow::Result<ExitCode> {

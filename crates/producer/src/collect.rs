@@ -1,0 +1,275 @@
+//! `collect`: drains the output queue into JSONL and CSV files.
+//!
+//! Results arrive at least once, so the same `job_id` can come twice; the
+//! first copy is written and later copies are dropped (the set of ids seen is
+//! preloaded from an existing JSONL file, so repeated `collect` runs into the
+//! same file stay duplicate-free). A message is deleted from the queue only
+//! after the lines it produced are flushed and `fsync`ed: a crash between the
+//! two re-delivers it, and the dedup drops the copy.
+
+use scorefleet_core::result::{ResultMessage, ResultStatus};
+use scorefleet_core::traits::JobQueue;
+use std::collections::HashSet;
+use std::fs::{File, OpenOptions};
+use std::io::{BufRead, BufReader, BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where and how long to collect.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// Results, one JSON object per line (appended).
+    pub jsonl: PathBuf,
+    /// The same results as CSV (appended; header written when new).
+    pub csv: Option<PathBuf>,
+    /// Messages the file could not parse go here, raw, one per line.
+    pub rejects: PathBuf,
+    /// Stop after this many receives in a row return nothing.
+    pub idle_polls: u32,
+    /// Long-poll wait per receive.
+    pub wait: Duration,
+    /// Stop once this many new results have been written.
+    pub max_results: Option<u64>,
+}
+
+/// What a collect run did.
+#[derive(Debug, Default, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Summary {
+    /// Messages received.
+    pub received: u64,
+    /// New results written.
+    pub written: u64,
+    /// Copies of results already written, dropped.
+    pub duplicates: u64,
+    /// Messages that were not valid results (kept in the rejects file).
+    pub rejected: u64,
+    /// Messages deleted from the queue.
+    pub deleted: u64,
+    /// Messages whose delete failed (they will come back and be dropped as
+    /// duplicates).
+    pub delete_failed: u64,
+}
+
+/// Errors that stop a collect run.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// A local file could not be read or written; nothing unwritten was deleted.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The failure.
+        source: std::io::Error,
+    },
+    /// The queue failed after the adapter's retries.
+    #[error(transparent)]
+    Service(#[from] scorefleet_core::traits::ServiceError),
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CollectError + '_ {
+    move |source| CollectError::Io { path: path.to_owned(), source }
+}
+
+/// The CSV columns, in order.
+pub const CSV_HEADER: &str =
+    "job_id,run_id,url,status,label,score,error_kind,error_message,model,model_version,attempts,worker,completed_at,latency_ms,true_label";
+
+/// Reads the job ids already in a JSONL results file.
+pub fn ids_in(path: &Path) -> Result<HashSet<String>, CollectError> {
+    let mut ids = HashSet::new();
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
+        Err(e) => return Err(io(path)(e)),
+    };
+    for line in BufReader::new(file).lines() {
+        let line = line.map_err(io(path))?;
+        if let Ok(r) = ResultMessage::parse(&line) {
+            ids.insert(r.job_id);
+        }
+    }
+    Ok(ids)
+}
+
+/// Drains `queue` until it stays empty for `idle_polls` receives.
+pub async fn run<Q: JobQueue>(queue: &Q, opts: &Options) -> Result<Summary, CollectError> {
+    let mut seen = ids_in(&opts.jsonl)?;
+    let open = |p: &Path| OpenOptions::new().create(true).append(true).open(p).map_err(io(p));
+    let jsonl_file = open(&opts.jsonl)?;
+    let mut jsonl = BufWriter::new(jsonl_file);
+    let mut csv = match &opts.csv {
+        Some(p) => {
+            let is_new = std::fs::metadata(p).map(|m| m.len() == 0).unwrap_or(true);
+            let mut w = BufWriter::new(open(p)?);
+            if is_new {
+                writeln!(w, "{CSV_HEADER}").map_err(io(p))?;
+            }
+            Some((p.clone(), w))
+        }
+        None => None,
+    };
+    let mut rejects: Option<BufWriter<File>> = None;
+    let mut summary = Summary::default();
+    let mut idle = 0;
+    while idle < opts.idle_polls && opts.max_results.is_none_or(|m| summary.written < m) {
+        let batch = queue.receive(10, opts.wait).await?;
+        if batch.is_empty() {
+            idle += 1;
+            continue;
+        }
+        idle = 0;
+        summary.received += batch.len() as u64;
+        for msg in &batch {
+            match ResultMessage::parse(&msg.body) {
+                Ok(r) if seen.contains(&r.job_id) => summary.duplicates += 1,
+                Ok(r) => {
+                    writeln!(jsonl, "{}", msg.body.trim_end()).map_err(io(&opts.jsonl))?;
+                    if let Some((p, w)) = csv.as_mut() {
+                        writeln!(w, "{}", csv_row(&r)).map_err(io(p))?;
+                    }
+                    seen.insert(r.job_id);
+                    summary.written += 1;
+                }
+                Err(_) => {
+                    let w = match rejects.as_mut() {
+                        Some(w) => w,
+                        None => rejects.insert(BufWriter::new(open(&opts.rejects)?)),
+                    };
+                    writeln!(w, "{}", msg.body.replace('\n', "\\n")).map_err(io(&opts.rejects))?;
+                    summary.rejected += 1;
+                }
+            }
+        }
+        // Durable before delete.
+        sync(&mut jsonl, &opts.jsonl)?;
+        if let Some((p, w)) = csv.as_mut() {
+            sync(w, p)?;
+        }
+        if let Some(w) = rejects.as_mut() {
+            sync(w, &opts.rejects)?;
+        }
+        let handles: Vec<String> = batch.iter().map(|m| m.receipt_handle.clone()).collect();
+        let failed = queue.delete(&handles).await?;
+        summary.delete_failed += failed.len() as u64;
+        summary.deleted += (handles.len() - failed.len()) as u64;
+    }
+    Ok(summary)
+}
+
+fn sync(w: &mut BufWriter<File>, path: &Path) -> Result<(), CollectError> {
+    w.flush().map_err(io(path))?;
+    w.get_ref().sync_data().map_err(io(path))
+}
+
+/// One CSV row for a result (RFC 4180 quoting where needed).
+pub fn csv_row(r: &ResultMessage) -> String {
+    let top = r.top();
+    let err = r.error.as_ref();
+    let true_label = r.attrs.as_ref().and_then(|a| a.get("label")).map(|v| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    });
+    let fields = [
+        r.job_id.clone(),
+        r.run_id.clone(),
+        r.url.clone(),
+        match r.status {
+            ResultStatus::Ok => "ok".into(),
+            ResultStatus::Error => "error".into(),
+        },
+        top.map(|p| p.label.clone()).unwrap_or_default(),
+        top.map(|p| format!("{:.6}", p.score)).unwrap_or_default(),
+        err.map(|e| e.kind.as_str().to_owned()).unwrap_or_default(),
+        err.map(|e| e.message.clone()).unwrap_or_default(),
+        r.model.as_ref().map(|m| m.name.clone()).unwrap_or_default(),
+        r.model.as_ref().map(|m| m.version.clone()).unwrap_or_default(),
+        r.attempts.to_string(),
+        r.worker.clone(),
+        r.completed_at.clone(),
+        r.latency_ms.map(|l| l.to_string()).unwrap_or_default(),
+        true_label.unwrap_or_default(),
+    ];
+    fields.iter().map(|f| quote(f)).collect::<Vec<_>>().join(",")
+}
+
+fn quote(field: &str) -> String {
+    if field.contains([',', '"', '\n', '\r']) { format!("\"{}\"", field.replace('"', "\"\"")) } else { field.to_owned() }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use scorefleet_core::traits::{EntryFailure, Received, ServiceError};
+    use std::sync::Mutex;
+
+    /// An in-memory queue handing out pre-set batches, recording deletes.
+    struct Queue {
+        batches: Mutex<Vec<Vec<Received>>>,
+        deleted: Mutex<Vec<String>>,
+    }
+
+    impl JobQueue for Queue {
+        async fn receive(&self, _max: usize, _wait: Duration) -> Result<Vec<Received>, ServiceError> {
+            Ok(self.batches.lock().expect("lock").pop().unwrap_or_default())
+        }
+        async fn delete(&self, handles: &[String]) -> Result<Vec<EntryFailure>, ServiceError> {
+            self.deleted.lock().expect("lock").extend(handles.iter().cloned());
+            Ok(vec![])
+        }
+        async fn change_visibility(&self, _: &[(String, Duration)]) -> Result<Vec<EntryFailure>, ServiceError> {
+            Ok(vec![])
+        }
+    }
+
+    fn result(id: &str) -> String {
+        format!(
+            r#"{{"v":1,"job_id":"{id}","run_id":"r","url":"s3://b/{id}","status":"ok","model":{{"name":"digits","version":"sha256:x"}},"top_k":[{{"label":"7","score":0.9}}],"attempts":1,"worker":"w","completed_at":"t","attrs":{{"label":"7"}}}}"#
+        )
+    }
+
+    fn msg(n: usize, body: String) -> Received {
+        Received { message_id: format!("m{n}"), receipt_handle: format!("h{n}"), body, receive_count: 1 }
+    }
+
+    #[tokio::test]
+    async fn drops_duplicates_keeps_rejects_and_deletes_everything_written() {
+        let dir = std::env::temp_dir().join(format!("sf-collect-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let opts = Options {
+            jsonl: dir.join("r.jsonl"),
+            csv: Some(dir.join("r.csv")),
+            rejects: dir.join("rejects.txt"),
+            idle_polls: 2,
+            wait: Duration::ZERO,
+            max_results: None,
+        };
+        let _ = std::fs::remove_file(&opts.jsonl);
+        let _ = std::fs::remove_file(dir.join("r.csv"));
+        let q = Queue {
+            batches: Mutex::new(vec![
+                vec![msg(4, result("b")), msg(5, "garbage".into())],
+                vec![msg(1, result("a")), msg(2, result("b")), msg(3, result("a"))],
+            ]),
+            deleted: Mutex::new(vec![]),
+        };
+        let s = run(&q, &opts).await.expect("collect");
+        assert_eq!((s.received, s.written, s.duplicates, s.rejected, s.deleted), (5, 2, 2, 1, 5));
+        let ids = ids_in(&opts.jsonl).expect("read back");
+        assert_eq!(ids, HashSet::from(["a".to_owned(), "b".to_owned()]));
+        let csv = std::fs::read_to_string(dir.join("r.csv")).expect("csv");
+        assert_eq!(csv.lines().count(), 3);
+        assert!(csv.lines().nth(1).expect("row").starts_with("a,r,s3://b/a,ok,7,0.900000,"));
+        // A second collect into the same files drops what is already there.
+        let q2 = Queue { batches: Mutex::new(vec![vec![msg(6, result("a"))]]), deleted: Mutex::new(vec![]) };
+        let s2 = run(&q2, &opts).await.expect("collect again");
+        assert_eq!((s2.written, s2.duplicates, s2.deleted), (0, 1, 1));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[test]
+    fn csv_fields_are_quoted_when_needed() {
+        assert_eq!(quote("a,b"), "\"a,b\"");
+        assert_eq!(quote("say \"hi\""), "\"say \"\"hi\"\"\"");
+        assert_eq!(quote("plain"), "plain");
+    }
+}
