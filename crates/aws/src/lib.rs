@@ -1,1 +1,45 @@
-//! placeholder
+//! # scorefleet-aws
+//!
+//! The AWS adapters behind `scorefleet-core`'s ports, written against the
+//! standard AWS configuration chain only, so the same code talks to real AWS
+//! or to the local emulator (`AWS_ENDPOINT_URL`).
+//!
+//! ## Layout
+//! - [`config`]: loads the [`aws_config::SdkConfig`] and builds the three
+//!   clients (S3 with path-style addressing when an endpoint is overridden).
+//! - [`sqs`]: [`SqsQueue`], the input queue ([`JobQueue`]) and the output
+//!   side ([`MessageSink`]): long-poll receive, batched send / delete /
+//!   change-visibility with per-entry retries and failure reports.
+//! - [`dynamo`]: [`DynamoOutcomeStore`], the dedup table ([`OutcomeStore`]):
+//!   each lease transition of `scorefleet_core::lease` as one conditional
+//!   `UpdateItem`.
+//! - [`s3`]: [`S3Store`], images and weights ([`ObjectStore`]): capped get,
+//!   put, paginated list.
+//! - [`provision`]: idempotent creation of the queues, table and bucket.
+//! - [`errors`]: SDK errors mapped to retryable or permanent
+//!   [`ServiceError`]s.
+//! - [`metrics`]: [`ApiCounters`], AWS requests counted per API.
+//!
+//! [`JobQueue`]: scorefleet_core::traits::JobQueue
+//! [`MessageSink`]: scorefleet_core::traits::MessageSink
+//! [`OutcomeStore`]: scorefleet_core::traits::OutcomeStore
+//! [`ObjectStore`]: scorefleet_core::traits::ObjectStore
+//! [`ServiceError`]: scorefleet_core::traits::ServiceError
+#![warn(missing_docs)]
+
+pub mod config;
+pub mod dynamo;
+pub mod errors;
+pub mod metrics;
+pub mod provision;
+pub mod s3;
+pub mod sqs;
+
+mod backoff;
+
+pub use config::AwsConfig;
+pub use dynamo::DynamoOutcomeStore;
+pub use metrics::ApiCounters;
+pub use provision::{Provisioned, StackSpec, provision};
+pub use s3::{KeyPages, S3Store};
+pub use sqs::SqsQueue;

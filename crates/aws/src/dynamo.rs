@@ -1,0 +1,489 @@
+//! DynamoDB: the dedup table ([`OutcomeStore`]).
+//!
+//! Each transition of [`scorefleet_core::lease`] is ONE conditional
+//! `UpdateItem`; the pure functions there are the specification, and this
+//! module reuses them to classify a refused write from the old item that
+//! `ReturnValuesOnConditionCheckFailure=ALL_OLD` hands back, so a refusal
+//! costs no extra read.
+//!
+//! Item layout (one per job): `job_id` (S, partition key), `status` (S:
+//! `IN_PROGRESS|COMPLETED|FAILED`), `owner` (S), `attempt` (N, the fencing
+//! token), `lease_until_ms` (N), `result` (S, once finished), `run_id` (S),
+//! `expires_at` (N, epoch seconds, the table's TTL attribute).
+//!
+//! TTL is checked in code as well as by the table: DynamoDB deletes expired
+//! items up to days late, and emulators never do, so an item whose
+//! `expires_at` has passed counts as absent everywhere here.
+//!
+//! Conditions, with `now_s = now_ms / 1000` (so that `expires_at > now_s` is
+//! exactly the core's `expires_at_s * 1000 > now_ms`):
+//! - claim: `attribute_not_exists(job_id) OR expires_at <= now_s OR
+//!   (status = IN_PROGRESS AND lease_until_ms <= now_ms)`; sets `attempt =
+//!   if_not_exists(attempt, 0) + 1`, removes `result`.
+//! - renew / finish / release: `status = IN_PROGRESS AND owner = :o AND
+//!   attempt = :a AND expires_at > now_s`.
+
+use crate::backoff::Backoff;
+use crate::errors::{classify, permanent};
+use crate::metrics::ApiCounters;
+use aws_sdk_dynamodb::error::SdkError;
+use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
+use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValue, ReturnValuesOnConditionCheckFailure};
+use scorefleet_core::job::JobId;
+use scorefleet_core::lease::{self, ClaimOutcome, ClaimRequest, Fence, LeaseError, OutcomeRecord, Status, Terminal};
+use scorefleet_core::traits::{OutcomeStore, ServiceError, now_ms};
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The default record lifetime: long enough to cover re-runs and late
+/// redeliveries of a nightly run, short enough to keep the table small.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Keys per BatchGetItem: DynamoDB's limit.
+pub const MAX_BATCH_GET: usize = 100;
+
+type Item = HashMap<String, AttributeValue>;
+
+/// The dedup table as an [`OutcomeStore`].
+#[derive(Debug, Clone)]
+pub struct DynamoOutcomeStore {
+    client: aws_sdk_dynamodb::Client,
+    table: String,
+    /// How long a record lives after its claim (its `expires_at`).
+    ttl: Duration,
+    counters: Arc<ApiCounters>,
+    /// Retries of BatchGetItem's unprocessed keys.
+    backoff: Backoff,
+}
+
+impl DynamoOutcomeStore {
+    /// The store over `table` (created by [`crate::provision`]), with the
+    /// default TTL of 7 days.
+    pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>, counters: Arc<ApiCounters>) -> Self {
+        Self { client, table: table.into(), ttl: DEFAULT_TTL, counters, backoff: Backoff::default() }
+    }
+
+    /// Sets the record lifetime.
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// The table name.
+    pub fn table(&self) -> &str {
+        &self.table
+    }
+
+    /// The record lifetime.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// Reads many records with BatchGetItem (consistent reads, 100 keys per
+    /// request, unprocessed keys retried with backoff). Absent and
+    /// TTL-expired records are left out of the map; duplicate ids are fine.
+    pub async fn get_many(&self, ids: &[JobId]) -> Result<HashMap<JobId, OutcomeRecord>, ServiceError> {
+        const OP: &str = "BatchGetItem";
+        // BatchGetItem refuses duplicate keys in one request.
+        let unique: Vec<&JobId> = ids.iter().collect::<BTreeSet<_>>().into_iter().collect();
+        let now = now_ms();
+        let mut found = HashMap::new();
+        for chunk in unique.chunks(MAX_BATCH_GET) {
+            let keys: Vec<Item> = chunk.iter().map(|id| key(id)).collect();
+            let mut request = KeysAndAttributes::builder()
+                .set_keys(Some(keys))
+                .consistent_read(true)
+                .build()
+                .map_err(|e| permanent(OP, e.to_string()))?;
+            let mut retry = 0;
+            loop {
+                self.counters.incr(OP);
+                let out = self
+                    .client
+                    .batch_get_item()
+                    .request_items(&self.table, request)
+                    .send()
+                    .await
+                    .map_err(|e| classify(OP, &e))?;
+                for item in out.responses.and_then(|mut r| r.remove(&self.table)).unwrap_or_default() {
+                    let id = item
+                        .get("job_id")
+                        .and_then(|v| v.as_s().ok())
+                        .and_then(|s| JobId::parse(s).ok())
+                        .ok_or_else(|| permanent(OP, "an item without a valid job_id"))?;
+                    let rec = parse_record(&item).map_err(|m| permanent(OP, format!("job {}: {m}", id.as_str())))?;
+                    if is_live(&rec, now) {
+                        found.insert(id, rec);
+                    }
+                }
+                match out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)) {
+                    Some(rest) if !rest.keys.is_empty() => {
+                        if retry >= self.backoff.retries {
+                            return Err(ServiceError::Transient {
+                                op: OP,
+                                message: format!("{} keys still unprocessed after {retry} retries", rest.keys.len()),
+                            });
+                        }
+                        self.backoff.wait(retry).await;
+                        retry += 1;
+                        request = rest;
+                    }
+                    _ => break,
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    /// A consistent read of the raw record (TTL-expired ones included).
+    async fn read(&self, job: &JobId) -> Result<Option<OutcomeRecord>, ServiceError> {
+        const OP: &str = "GetItem";
+        self.counters.incr(OP);
+        let out = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job)))
+            .consistent_read(true)
+            .send()
+            .await
+            .map_err(|e| classify(OP, &e))?;
+        out.item
+            .map(|item| parse_record(&item).map_err(|m| permanent(OP, format!("job {}: {m}", job.as_str()))))
+            .transpose()
+    }
+
+    /// The record a refused conditional write was checked against: from
+    /// `ALL_OLD` when the service returned it, else (the item is absent, or an
+    /// emulator ignores `ReturnValuesOnConditionCheckFailure`) from a read.
+    async fn refused_against(&self, old: Option<Item>, job: &JobId) -> Result<Option<OutcomeRecord>, ServiceError> {
+        match old {
+            Some(item) if !item.is_empty() => {
+                parse_record(&item).map(Some).map_err(|m| permanent("UpdateItem", format!("job {}: {m}", job.as_str())))
+            }
+            _ => self.read(job).await,
+        }
+    }
+
+    /// A fenced UpdateItem: `set` applies only while `fence` holds a live
+    /// IN_PROGRESS record. On refusal, `spec` (the core's pure transition)
+    /// names the [`LeaseError`].
+    async fn fenced(
+        &self,
+        job: &JobId,
+        fence: &Fence,
+        now_ms: u64,
+        set: &str,
+        mut values: Item,
+        spec: impl Fn(Option<&OutcomeRecord>) -> Result<OutcomeRecord, LeaseError>,
+    ) -> Result<Result<(), LeaseError>, ServiceError> {
+        const OP: &str = "UpdateItem";
+        values.insert(":ip".into(), s(Status::InProgress.as_str()));
+        values.insert(":o".into(), s(&fence.owner));
+        values.insert(":a".into(), n(fence.attempt));
+        values.insert(":now_s".into(), n(now_ms / 1000));
+        let mut names = names(&["st", "ow", "at", "exp"]);
+        if set.contains("#lu") {
+            names.insert("#lu".into(), "lease_until_ms".into());
+        }
+        if set.contains("#res") {
+            names.insert("#res".into(), "result".into());
+        }
+        self.counters.incr(OP);
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job)))
+            .update_expression(set)
+            .condition_expression("#st = :ip AND #ow = :o AND #at = :a AND #exp > :now_s")
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let old = match res {
+            Ok(_) => return Ok(Ok(())),
+            Err(e) => condition_failed(e).map_err(|e| classify(OP, &e))?,
+        };
+        let cur = self.refused_against(old, job).await?;
+        match spec(cur.as_ref()) {
+            Err(lease_err) => Ok(Err(lease_err)),
+            // The table refused what the specification allows: the record
+            // changed between the write and the read, or clocks disagree on
+            // the TTL second. Nothing was written; the caller may retry.
+            Ok(_) => Err(ServiceError::Transient {
+                op: OP,
+                message: format!("job {}: conditional write refused on a record the fence holds", job.as_str()),
+            }),
+        }
+    }
+}
+
+impl OutcomeStore for DynamoOutcomeStore {
+    async fn claim(
+        &self,
+        job: &JobId,
+        run_id: &str,
+        owner: &str,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<ClaimOutcome, ServiceError> {
+        const OP: &str = "UpdateItem";
+        let req = ClaimRequest { owner, run_id, now_ms, lease_ms, ttl_s: self.ttl.as_secs() };
+        let values: Item = [
+            (":ip", s(Status::InProgress.as_str())),
+            (":o", s(owner)),
+            (":zero", n(0)),
+            (":one", n(1)),
+            (":lu", n(now_ms.saturating_add(lease_ms))),
+            (":run", s(run_id)),
+            (":exp", n(now_ms / 1000 + req.ttl_s)),
+            (":now_s", n(now_ms / 1000)),
+            (":now_ms", n(now_ms)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        self.counters.incr(OP);
+        // ReturnValues=ALL_OLD rather than ALL_NEW: the old item tells a fresh
+        // claim from a take-over (and whose), and the new attempt is exactly
+        // old + 1 because the write is atomic.
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job)))
+            .update_expression(
+                "SET #st = :ip, #ow = :o, #at = if_not_exists(#at, :zero) + :one, #lu = :lu, #run = :run, \
+                 #exp = :exp REMOVE #res",
+            )
+            .condition_expression("attribute_not_exists(#pk) OR #exp <= :now_s OR (#st = :ip AND #lu <= :now_ms)")
+            .set_expression_attribute_names(Some(names(&["pk", "st", "ow", "at", "lu", "run", "exp", "res"])))
+            .set_expression_attribute_values(Some(values))
+            .return_values(ReturnValue::AllOld)
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        match res {
+            Ok(out) => {
+                let old = match out.attributes {
+                    Some(item) if !item.is_empty() => {
+                        Some(parse_record(&item).map_err(|m| permanent(OP, format!("job {}: {m}", job.as_str())))?)
+                    }
+                    _ => None,
+                };
+                match lease::claim(old.as_ref(), &req).0 {
+                    won @ (ClaimOutcome::Claimed(_) | ClaimOutcome::TakenOver { .. }) => Ok(won),
+                    // The write went through, so the lease is ours whatever
+                    // the old item looked like to our clock.
+                    _ => Ok(ClaimOutcome::TakenOver {
+                        fence: Fence { owner: owner.to_owned(), attempt: old.as_ref().map_or(0, |r| r.attempt) + 1 },
+                        previous_owner: old.map(|r| r.owner).unwrap_or_default(),
+                    }),
+                }
+            }
+            Err(e) => {
+                let old = condition_failed(e).map_err(|e| classify(OP, &e))?;
+                let cur = self.refused_against(old, job).await?;
+                match lease::claim(cur.as_ref(), &req).0 {
+                    lost @ (ClaimOutcome::Busy { .. } | ClaimOutcome::Done(_)) => Ok(lost),
+                    // Refused, yet claimable now: the record changed in
+                    // between (a release, an expiry). Nothing was written.
+                    _ => Err(ServiceError::Transient {
+                        op: OP,
+                        message: format!("job {}: claim refused on a record that is claimable now", job.as_str()),
+                    }),
+                }
+            }
+        }
+    }
+
+    async fn renew(&self, job: &JobId, fence: &Fence, until_ms: u64) -> Result<Result<(), LeaseError>, ServiceError> {
+        let now = now_ms();
+        let values = Item::from([(":u".to_owned(), n(until_ms))]);
+        self.fenced(job, fence, now, "SET #lu = :u", values, |cur| lease::renew(cur, fence, until_ms, now)).await
+    }
+
+    async fn finish(
+        &self,
+        job: &JobId,
+        fence: &Fence,
+        terminal: Terminal,
+        result_json: &str,
+        now_ms: u64,
+    ) -> Result<Result<(), LeaseError>, ServiceError> {
+        let values = Item::from([
+            (":st".to_owned(), s(Status::from(terminal).as_str())),
+            (":zero".to_owned(), n(0)),
+            (":res".to_owned(), s(result_json)),
+        ]);
+        self.fenced(job, fence, now_ms, "SET #st = :st, #lu = :zero, #res = :res", values, |cur| {
+            lease::finish(cur, fence, terminal, result_json, now_ms)
+        })
+        .await
+    }
+
+    async fn release(&self, job: &JobId, fence: &Fence) -> Result<Result<(), LeaseError>, ServiceError> {
+        let now = now_ms();
+        let values = Item::from([(":zero".to_owned(), n(0))]);
+        self.fenced(job, fence, now, "SET #lu = :zero", values, |cur| lease::release(cur, fence, now)).await
+    }
+
+    async fn get(&self, job: &JobId) -> Result<Option<OutcomeRecord>, ServiceError> {
+        let now = now_ms();
+        Ok(self.read(job).await?.filter(|r| is_live(r, now)))
+    }
+}
+
+/// The old item of a refused condition, or the error if it was something
+/// else. `Ok(None)`: refused, but the service sent no item.
+fn condition_failed(e: SdkError<UpdateItemError>) -> Result<Option<Item>, SdkError<UpdateItemError>> {
+    match e {
+        SdkError::ServiceError(ctx) if matches!(ctx.err(), UpdateItemError::ConditionalCheckFailedException(_)) => {
+            match ctx.into_err() {
+                UpdateItemError::ConditionalCheckFailedException(c) => Ok(c.item),
+                _ => Ok(None),
+            }
+        }
+        other => Err(other),
+    }
+}
+
+/// The core's liveness rule: past `expires_at` counts as absent.
+fn is_live(r: &OutcomeRecord, now_ms: u64) -> bool {
+    r.expires_at_s.saturating_mul(1000) > now_ms
+}
+
+fn key(job: &JobId) -> Item {
+    Item::from([("job_id".to_owned(), s(job.as_str()))])
+}
+
+fn s(v: &str) -> AttributeValue {
+    AttributeValue::S(v.to_owned())
+}
+
+fn n(v: u64) -> AttributeValue {
+    AttributeValue::N(v.to_string())
+}
+
+/// `#alias → attribute` for the given aliases. Every attribute goes through
+/// an alias: `status`, `owner` and `result` are DynamoDB reserved words, and
+/// one rule is simpler than knowing which.
+fn names(aliases: &[&str]) -> HashMap<String, String> {
+    aliases
+        .iter()
+        .filter_map(|a| {
+            let attr = match *a {
+                "pk" => "job_id",
+                "st" => "status",
+                "ow" => "owner",
+                "at" => "attempt",
+                "lu" => "lease_until_ms",
+                "run" => "run_id",
+                "exp" => "expires_at",
+                "res" => "result",
+                _ => return None,
+            };
+            Some((format!("#{a}"), attr.to_owned()))
+        })
+        .collect()
+}
+
+/// Reads a stored item into the core's record. An item without
+/// `expires_at` never expires (written by hand, or before TTL was on).
+pub fn parse_record(item: &HashMap<String, AttributeValue>) -> Result<OutcomeRecord, String> {
+    let get_s = |k: &str| item.get(k).and_then(|v| v.as_s().ok()).map(String::as_str);
+    let get_n = |k: &str| -> Result<Option<u64>, String> {
+        match item.get(k) {
+            None => Ok(None),
+            Some(v) => {
+                let raw = v.as_n().map_err(|_| format!("`{k}` is not a number"))?;
+                raw.parse::<u64>().map(Some).map_err(|_| format!("`{k}` is not a whole number: {raw}"))
+            }
+        }
+    };
+    let status_raw = get_s("status").ok_or("missing `status`")?;
+    let status = Status::parse(status_raw).ok_or_else(|| format!("unknown status `{status_raw}`"))?;
+    Ok(OutcomeRecord {
+        status,
+        owner: get_s("owner").ok_or("missing `owner`")?.to_owned(),
+        attempt: get_n("attempt")?.ok_or("missing `attempt`")?,
+        lease_until_ms: get_n("lease_until_ms")?.unwrap_or(0),
+        result: get_s("result").map(str::to_owned),
+        run_id: get_s("run_id").unwrap_or_default().to_owned(),
+        expires_at_s: get_n("expires_at")?.unwrap_or(u64::MAX),
+    })
+}
+
+/// The item a record is stored as (for tools and tests that seed the table).
+pub fn record_item(job: &JobId, r: &OutcomeRecord) -> HashMap<String, AttributeValue> {
+    let mut item = key(job);
+    item.insert("status".into(), s(r.status.as_str()));
+    item.insert("owner".into(), s(&r.owner));
+    item.insert("attempt".into(), n(r.attempt));
+    item.insert("lease_until_ms".into(), n(r.lease_until_ms));
+    item.insert("run_id".into(), s(&r.run_id));
+    item.insert("expires_at".into(), n(r.expires_at_s));
+    if let Some(res) = &r.result {
+        item.insert("result".into(), s(res));
+    }
+    item
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec() -> OutcomeRecord {
+        OutcomeRecord {
+            status: Status::Completed,
+            owner: "w1".into(),
+            attempt: 3,
+            lease_until_ms: 0,
+            result: Some("{}".into()),
+            run_id: "r".into(),
+            expires_at_s: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn records_round_trip_through_items() {
+        let id = JobId::parse("j-1").expect("valid id");
+        let r = rec();
+        let item = record_item(&id, &r);
+        assert_eq!(parse_record(&item), Ok(r.clone()));
+        let mut in_progress = OutcomeRecord { status: Status::InProgress, result: None, ..r };
+        in_progress.lease_until_ms = 5;
+        assert_eq!(parse_record(&record_item(&id, &in_progress)), Ok(in_progress));
+    }
+
+    #[test]
+    fn malformed_items_are_errors_not_panics() {
+        let id = JobId::parse("j-1").expect("valid id");
+        let good = record_item(&id, &rec());
+        let mut no_status = good.clone();
+        no_status.remove("status");
+        assert!(parse_record(&no_status).is_err());
+        let mut bad_status = good.clone();
+        bad_status.insert("status".into(), s("NOPE"));
+        assert!(parse_record(&bad_status).is_err());
+        let mut bad_attempt = good.clone();
+        bad_attempt.insert("attempt".into(), s("3"));
+        assert!(parse_record(&bad_attempt).is_err());
+        let mut neg = good.clone();
+        neg.insert("attempt".into(), AttributeValue::N("-1".into()));
+        assert!(parse_record(&neg).is_err());
+        let mut no_ttl = good;
+        no_ttl.remove("expires_at");
+        assert_eq!(parse_record(&no_ttl).map(|r| r.expires_at_s), Ok(u64::MAX));
+    }
+
+    #[test]
+    fn liveness_matches_the_core_rule() {
+        let r = OutcomeRecord { expires_at_s: 10, ..rec() };
+        assert!(is_live(&r, 9_999));
+        assert!(!is_live(&r, 10_000));
+        assert_eq!(names(&["st", "pk"]).get("#st").map(String::as_str), Some("status"));
+    }
+}
