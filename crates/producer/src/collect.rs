@@ -71,8 +71,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CollectError + '_ {
 }
 
 /// The CSV columns, in order.
-pub const CSV_HEADER: &str =
-    "job_id,run_id,url,status,label,score,error_kind,error_message,model,model_version,attempts,worker,completed_at,latency_ms,true_label";
+pub const CSV_HEADER: &str = "job_id,run_id,url,status,label,score,error_kind,error_message,model,model_version,attempts,worker,completed_at,latency_ms,true_label";
 
 /// Reads the job ids already in a JSONL results file.
 pub fn ids_in(path: &Path) -> Result<HashSet<String>, CollectError> {
@@ -193,7 +192,11 @@ pub fn csv_row(r: &ResultMessage) -> String {
 }
 
 fn quote(field: &str) -> String {
-    if field.contains([',', '"', '\n', '\r']) { format!("\"{}\"", field.replace('"', "\"\"")) } else { field.to_owned() }
+    if field.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", field.replace('"', "\"\""))
+    } else {
+        field.to_owned()
+    }
 }
 
 #[cfg(test)]

@@ -10,11 +10,13 @@
 //! - [`collect`]: drains the output queue into JSONL/CSV, dropping duplicate
 //!   job ids, deleting only what is durably written.
 //! - [`progress`]: a bar on a terminal, plain lines elsewhere.
+//! - [`report`]: one self-contained HTML report from collected results.
 #![warn(missing_docs)]
 
 pub mod collect;
 pub mod enqueue;
 pub mod progress;
+pub mod report;
 pub mod source;
 
 /// The default run id: `run-YYYY-MM-DD` in UTC, so a nightly job re-run on the

@@ -33,6 +33,24 @@ enum Command {
     /// Drain the output queue into JSONL and CSV files, dropping duplicate
     /// job ids; a message is deleted only once its line is on disk.
     Collect(CollectArgs),
+    /// Turn collected results into one self-contained HTML report.
+    Report(ReportArgs),
+}
+
+#[derive(Debug, Args)]
+struct ReportArgs {
+    /// Results file written by `collect`.
+    #[arg(long = "in", env = "SCOREFLEET_RESULTS", default_value = "results.jsonl")]
+    input: std::path::PathBuf,
+    /// Where to write the HTML.
+    #[arg(long, env = "SCOREFLEET_REPORT", default_value = "report.html")]
+    out: std::path::PathBuf,
+    /// Title at the top of the page.
+    #[arg(long, default_value = "scorefleet run report")]
+    title: String,
+    /// Print the computed statistics as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Debug, Args)]
@@ -131,7 +149,25 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Enqueue(args) => enqueue_cmd(args).await,
         Command::Collect(args) => collect_cmd(args).await,
+        Command::Report(args) => report_cmd(&args),
     }
+}
+
+fn report_cmd(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    use scorefleet_producer::report;
+    let file = std::fs::File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?;
+    let stats = report::stats(BufReader::new(file))?;
+    std::fs::write(&args.out, report::html(&stats, &args.title))
+        .with_context(|| format!("cannot write {}", args.out.display()))?;
+    if args.json {
+        let mut v = serde_json::to_value(&stats)?;
+        v["accuracy"] = serde_json::json!(stats.accuracy());
+        v["report"] = serde_json::json!(args.out.display().to_string());
+        println!("{v}");
+    } else {
+        println!("wrote {} ({} results)", args.out.display(), stats.jobs);
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn collect_cmd(args: CollectArgs) -> anyhow::Result<ExitCode> {

@@ -135,9 +135,17 @@ fn parse_jsonl(line: u64, text: &str) -> Item {
     Ok(Entry { line, url, job_id, attrs })
 }
 
+/// Column positions: `url`, optional `job_id`, and the attribute columns.
+#[derive(Clone)]
+struct Columns {
+    url: usize,
+    job_id: Option<usize>,
+    attrs: Vec<(usize, String)>,
+}
+
 struct CsvEntries<R: BufRead> {
     reader: csv::Reader<R>,
-    header: Option<Result<(usize, Option<usize>, Vec<(usize, String)>), LineError>>,
+    header: Option<Result<Columns, LineError>>,
     record: csv::StringRecord,
     done: bool,
 }
@@ -148,7 +156,7 @@ impl<R: BufRead> CsvEntries<R> {
         Self { reader, header: None, record: csv::StringRecord::new(), done: false }
     }
 
-    fn columns(&mut self) -> Result<(usize, Option<usize>, Vec<(usize, String)>), LineError> {
+    fn columns(&mut self) -> Result<Columns, LineError> {
         let headers =
             self.reader.headers().map_err(|e| LineError { line: 1, message: format!("bad CSV header: {e}") })?;
         let find = |name: &str| headers.iter().position(|h| h.eq_ignore_ascii_case(name));
@@ -160,7 +168,7 @@ impl<R: BufRead> CsvEntries<R> {
             .filter(|(i, _)| *i != url && Some(*i) != job_id)
             .map(|(i, h)| (i, h.to_owned()))
             .collect();
-        Ok((url, job_id, attrs))
+        Ok(Columns { url, job_id, attrs })
     }
 }
 
@@ -174,7 +182,7 @@ impl<R: BufRead> Iterator for CsvEntries<R> {
         if self.header.is_none() {
             self.header = Some(self.columns());
         }
-        let (url_i, id_i, attr_cols) = match self.header.as_ref()? {
+        let Columns { url: url_i, job_id: id_i, attrs: attr_cols } = match self.header.as_ref()? {
             Ok(cols) => cols.clone(),
             Err(e) => {
                 self.done = true;
