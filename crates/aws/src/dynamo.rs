@@ -204,7 +204,7 @@ impl DynamoOutcomeStore {
             .await;
         let old = match res {
             Ok(_) => return Ok(Ok(())),
-            Err(e) => condition_failed(e).map_err(|e| classify(OP, &e))?,
+            Err(e) => condition_failed(e)?,
         };
         let cur = self.refused_against(old, job).await?;
         match spec(cur.as_ref()) {
@@ -284,7 +284,7 @@ impl OutcomeStore for DynamoOutcomeStore {
                 }
             }
             Err(e) => {
-                let old = condition_failed(e).map_err(|e| classify(OP, &e))?;
+                let old = condition_failed(e)?;
                 let cur = self.refused_against(old, job).await?;
                 match lease::claim(cur.as_ref(), &req).0 {
                     lost @ (ClaimOutcome::Busy { .. } | ClaimOutcome::Done(_)) => Ok(lost),
@@ -336,9 +336,9 @@ impl OutcomeStore for DynamoOutcomeStore {
     }
 }
 
-/// The old item of a refused condition, or the error if it was something
-/// else. `Ok(None)`: refused, but the service sent no item.
-fn condition_failed(e: SdkError<UpdateItemError>) -> Result<Option<Item>, SdkError<UpdateItemError>> {
+/// The old item of a refused condition, or the error (classified) if it was
+/// something else. `Ok(None)`: refused, but the service sent no item.
+fn condition_failed(e: SdkError<UpdateItemError>) -> Result<Option<Item>, ServiceError> {
     match e {
         SdkError::ServiceError(ctx) if matches!(ctx.err(), UpdateItemError::ConditionalCheckFailedException(_)) => {
             match ctx.into_err() {
@@ -346,7 +346,7 @@ fn condition_failed(e: SdkError<UpdateItemError>) -> Result<Option<Item>, SdkErr
                 _ => Ok(None),
             }
         }
-        other => Err(other),
+        other => Err(classify("UpdateItem", &other)),
     }
 }
 

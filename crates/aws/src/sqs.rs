@@ -8,7 +8,9 @@
 //!   entries (send also keeps a batch under 256 KiB). An entry's id is its
 //!   position within its batch: always unique, even when SQS has delivered
 //!   the same message twice into one receive (reusing a message id as the
-//!   entry id fails the whole call with `BatchEntryIdsNotDistinct`).
+//!   entry id fails the whole call with `BatchEntryIdsNotDistinct`);
+//!   and a receipt handle named twice in one call is sent once (moto refuses
+//!   the whole batch otherwise), its outcome reported for every index.
 //! - Failed entries that are not the sender's fault (throttling, internal
 //!   errors, entries missing from the answer) are retried a few times with
 //!   backoff and jitter; every entry that still fails is returned as an
@@ -25,9 +27,8 @@ use aws_sdk_sqs::types::{
     MessageSystemAttributeName, SendMessageBatchRequestEntry,
 };
 use scorefleet_core::traits::{EntryFailure, JobQueue, MessageSink, Received, ServiceError};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -144,7 +145,7 @@ impl SqsQueue {
     async fn batched<F, Fut>(
         &self,
         op: &'static str,
-        chunks: Vec<Range<usize>>,
+        chunks: Vec<Vec<usize>>,
         call: F,
     ) -> Result<Vec<EntryFailure>, ServiceError>
     where
@@ -153,14 +154,17 @@ impl SqsQueue {
     {
         let mut failures = Vec::new();
         for chunk in chunks {
-            let base = chunk.start;
-            let mut pending: Vec<usize> = chunk.collect();
+            // An entry's id is its position in `chunk`, kept across retries.
+            let position = |i: usize| chunk.iter().position(|&c| c == i).unwrap_or(usize::MAX);
+            let mut pending: Vec<usize> = chunk.clone();
             let mut retry = 0;
             loop {
-                let entries = pending.iter().map(|&i| ((i - base).to_string(), i)).collect();
+                let entries = pending.iter().map(|&i| (position(i).to_string(), i)).collect();
                 self.counters.incr(op);
                 let reply = call(entries).await?;
-                let index_of = |id: &str| id.parse::<usize>().ok().map(|p| base + p).filter(|i| pending.contains(i));
+                let index_of = |id: &str| {
+                    id.parse::<usize>().ok().and_then(|p| chunk.get(p).copied()).filter(|i| pending.contains(i))
+                };
                 let mut answered = HashSet::new();
                 for id in &reply.ok {
                     answered.insert(index_of(id).ok_or_else(|| permanent(op, format!("unknown entry id `{id}`")))?);
@@ -202,26 +206,60 @@ impl SqsQueue {
     }
 }
 
-/// Splits `n` entries into batches of at most [`MAX_BATCH`].
-fn count_chunks(n: usize) -> Vec<Range<usize>> {
-    (0..n).step_by(MAX_BATCH).map(|s| s..(s + MAX_BATCH).min(n)).collect()
+/// Splits caller indices into batches of at most [`MAX_BATCH`].
+fn count_chunks(indices: &[usize]) -> Vec<Vec<usize>> {
+    indices.chunks(MAX_BATCH).map(<[usize]>::to_vec).collect()
+}
+
+/// One representative per distinct receipt handle (its last occurrence, so
+/// for change-visibility the caller's latest wish wins), and each other
+/// occurrence with its representative. Some endpoints (moto) refuse a whole
+/// batch that names one handle twice, and the operation is the same anyway.
+fn dedup_handles<'a>(handles: impl Iterator<Item = &'a str>) -> (Vec<usize>, Vec<(usize, usize)>) {
+    let handles: Vec<&str> = handles.collect();
+    let mut last: HashMap<&str, usize> = HashMap::new();
+    for (i, h) in handles.iter().enumerate() {
+        last.insert(h, i);
+    }
+    let mut reps = Vec::new();
+    let mut dups = Vec::new();
+    for (i, h) in handles.iter().enumerate() {
+        match last.get(h) {
+            Some(&rep) if rep != i => dups.push((i, rep)),
+            _ => reps.push(i),
+        }
+    }
+    (reps, dups)
+}
+
+/// Gives each duplicate the failure of its representative, if it failed.
+fn copy_failures(mut failures: Vec<EntryFailure>, dups: &[(usize, usize)]) -> Vec<EntryFailure> {
+    let copies: Vec<EntryFailure> = dups
+        .iter()
+        .filter_map(|&(dup, rep)| {
+            failures.iter().find(|f| f.index == rep).map(|f| EntryFailure { index: dup, ..f.clone() })
+        })
+        .collect();
+    failures.extend(copies);
+    failures.sort_by_key(|f| f.index);
+    failures
 }
 
 /// Splits bodies into batches of at most [`MAX_BATCH`] entries and
 /// [`MAX_BATCH_BYTES`] bytes (a body larger than that alone gets its own
 /// batch, and the service's answer for it).
-fn send_chunks(bodies: &[String]) -> Vec<Range<usize>> {
+fn send_chunks(bodies: &[String]) -> Vec<Vec<usize>> {
     let mut chunks = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, b) in bodies.iter().enumerate() {
         if i > start && (i - start == MAX_BATCH || bytes + b.len() > MAX_BATCH_BYTES) {
-            chunks.push(start..i);
+            chunks.push((start..i).collect());
             (start, bytes) = (i, 0);
         }
         bytes += b.len();
     }
     if start < bodies.len() {
-        chunks.push(start..bodies.len());
+        chunks.push((start..bodies.len()).collect());
     }
     chunks
 }
@@ -243,56 +281,62 @@ impl JobQueue for SqsQueue {
         const OP: &str = "DeleteMessageBatch";
         let client = &self.client;
         let url = &self.url;
-        self.batched(OP, count_chunks(receipt_handles.len()), |entries| async move {
-            let entries = entries
-                .into_iter()
-                .map(|(id, i)| {
-                    DeleteMessageBatchRequestEntry::builder()
-                        .id(id)
-                        .receipt_handle(&receipt_handles[i])
-                        .build()
-                        .map_err(|e| build_err(OP, e))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let out = client
-                .delete_message_batch()
-                .queue_url(url)
-                .set_entries(Some(entries))
-                .send()
-                .await
-                .map_err(|e| classify(OP, &e))?;
-            Ok(BatchReply { ok: out.successful.into_iter().map(|s| s.id).collect(), failed: out.failed })
-        })
-        .await
+        let (reps, dups) = dedup_handles(receipt_handles.iter().map(String::as_str));
+        let failures = self
+            .batched(OP, count_chunks(&reps), |entries| async move {
+                let entries = entries
+                    .into_iter()
+                    .map(|(id, i)| {
+                        DeleteMessageBatchRequestEntry::builder()
+                            .id(id)
+                            .receipt_handle(&receipt_handles[i])
+                            .build()
+                            .map_err(|e| build_err(OP, e))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let out = client
+                    .delete_message_batch()
+                    .queue_url(url)
+                    .set_entries(Some(entries))
+                    .send()
+                    .await
+                    .map_err(|e| classify(OP, &e))?;
+                Ok(BatchReply { ok: out.successful.into_iter().map(|s| s.id).collect(), failed: out.failed })
+            })
+            .await?;
+        Ok(copy_failures(failures, &dups))
     }
 
     async fn change_visibility(&self, entries: &[(String, Duration)]) -> Result<Vec<EntryFailure>, ServiceError> {
         const OP: &str = "ChangeMessageVisibilityBatch";
         let client = &self.client;
         let url = &self.url;
-        self.batched(OP, count_chunks(entries.len()), |batch| async move {
-            let batch = batch
-                .into_iter()
-                .map(|(id, i)| {
-                    let (handle, vis) = &entries[i];
-                    ChangeMessageVisibilityBatchRequestEntry::builder()
-                        .id(id)
-                        .receipt_handle(handle)
-                        .visibility_timeout(visibility_secs(*vis))
-                        .build()
-                        .map_err(|e| build_err(OP, e))
-                })
-                .collect::<Result<Vec<_>, _>>()?;
-            let out = client
-                .change_message_visibility_batch()
-                .queue_url(url)
-                .set_entries(Some(batch))
-                .send()
-                .await
-                .map_err(|e| classify(OP, &e))?;
-            Ok(BatchReply { ok: out.successful.into_iter().map(|s| s.id).collect(), failed: out.failed })
-        })
-        .await
+        let (reps, dups) = dedup_handles(entries.iter().map(|(h, _)| h.as_str()));
+        let failures = self
+            .batched(OP, count_chunks(&reps), |batch| async move {
+                let batch = batch
+                    .into_iter()
+                    .map(|(id, i)| {
+                        let (handle, vis) = &entries[i];
+                        ChangeMessageVisibilityBatchRequestEntry::builder()
+                            .id(id)
+                            .receipt_handle(handle)
+                            .visibility_timeout(visibility_secs(*vis))
+                            .build()
+                            .map_err(|e| build_err(OP, e))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                let out = client
+                    .change_message_visibility_batch()
+                    .queue_url(url)
+                    .set_entries(Some(batch))
+                    .send()
+                    .await
+                    .map_err(|e| classify(OP, &e))?;
+                Ok(BatchReply { ok: out.successful.into_iter().map(|s| s.id).collect(), failed: out.failed })
+            })
+            .await?;
+        Ok(copy_failures(failures, &dups))
     }
 }
 
@@ -331,21 +375,34 @@ mod tests {
 
     #[test]
     fn count_chunks_are_at_most_ten_and_cover_everything() {
-        assert!(count_chunks(0).is_empty());
-        assert_eq!(count_chunks(10), vec![0..10]);
-        assert_eq!(count_chunks(23), vec![0..10, 10..20, 20..23]);
+        let idx: Vec<usize> = (0..23).collect();
+        assert!(count_chunks(&[]).is_empty());
+        assert_eq!(count_chunks(&idx[..10]), vec![idx[..10].to_vec()]);
+        assert_eq!(count_chunks(&idx), vec![idx[..10].to_vec(), idx[10..20].to_vec(), idx[20..].to_vec()]);
     }
 
     #[test]
     fn send_chunks_respect_count_and_bytes() {
         let small: Vec<String> = (0..21).map(|i| i.to_string()).collect();
-        assert_eq!(send_chunks(&small), vec![0..10, 10..20, 20..21]);
+        let r = |a: usize, b: usize| (a..b).collect::<Vec<_>>();
+        assert_eq!(send_chunks(&small), vec![r(0, 10), r(10, 20), r(20, 21)]);
         let big = "x".repeat(100 * 1024);
         let bodies = vec![big.clone(), big.clone(), big.clone(), "y".into(), "x".repeat(300 * 1024), "z".into()];
         // 100+100 KiB fit, a third would pass 256 KiB; the oversized body is
         // alone in its batch.
-        assert_eq!(send_chunks(&bodies), vec![0..2, 2..4, 4..5, 5..6]);
+        assert_eq!(send_chunks(&bodies), vec![r(0, 2), r(2, 4), r(4, 5), r(5, 6)]);
         assert!(send_chunks(&[]).is_empty());
+    }
+
+    #[test]
+    fn duplicate_handles_are_sent_once_and_share_their_failure() {
+        let (reps, dups) = dedup_handles(["a", "b", "a", "c", "a"].into_iter());
+        assert_eq!(reps, vec![1, 3, 4], "last occurrence represents");
+        assert_eq!(dups, vec![(0, 4), (2, 4)]);
+        let f = |index| EntryFailure { index, code: "X".into(), message: String::new() };
+        let got = copy_failures(vec![f(4)], &dups);
+        assert_eq!(got.iter().map(|f| f.index).collect::<Vec<_>>(), vec![0, 2, 4]);
+        assert!(copy_failures(vec![f(1)], &dups).iter().all(|f| f.index == 1));
     }
 
     #[test]
