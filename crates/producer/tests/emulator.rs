@@ -1,0 +1,222 @@
+//! The producer binary against the local AWS emulator: S3 prefixes past one
+//! ListObjectsV2 page, manifests with bad lines, stdin, idempotent re-runs,
+//! and collect/report over a real output queue.
+
+#[path = "../../aws/tests/common/mod.rs"]
+mod common;
+
+use scorefleet_aws::{ApiCounters, S3Store, SqsQueue};
+use scorefleet_core::job::JobMessage;
+use scorefleet_core::traits::MessageSink;
+use std::collections::BTreeSet;
+use std::io::Write;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn producer(args: &[&str], stdin: Option<&str>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_scorefleet-producer"));
+    cmd.args(args).stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn producer");
+    if let Some(text) = stdin {
+        let mut pipe = child.stdin.take().expect("stdin");
+        pipe.write_all(text.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("producer runs")
+}
+
+fn summary(out: &Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last = stdout.lines().last().unwrap_or_default();
+    serde_json::from_str(last).unwrap_or_else(|e| {
+        panic!("summary is not JSON ({e}): stdout {stdout}, stderr {}", String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+async fn job_ids(q: &SqsQueue, n: usize) -> BTreeSet<String> {
+    let got = common::receive_n(q, n, Duration::from_secs(60)).await;
+    got.iter().map(|m| JobMessage::parse(&m.body).expect("a valid job").job_id.to_string()).collect()
+}
+
+#[tokio::test]
+async fn s3_prefix_source_lists_past_one_page_and_filters() {
+    let cfg = common::config().await;
+    let bucket = common::bucket(&cfg, "prodlist").await;
+    let store = Arc::new(S3Store::new(cfg.s3(), Arc::new(ApiCounters::new())));
+    // 1,030 images and 20 other files under the prefix, 5 images outside it.
+    let keys: Vec<String> = (0..1030)
+        .map(|i| format!("imgs/{i:05}.png"))
+        .chain((0..20).map(|i| format!("imgs/notes-{i}.txt")))
+        .chain((0..5).map(|i| format!("other/{i}.png")))
+        .collect();
+    let sem = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut tasks = tokio::task::JoinSet::new();
+    for key in keys {
+        let (store, bucket, sem) = (store.clone(), bucket.clone(), sem.clone());
+        tasks.spawn(async move {
+            let _p = sem.acquire().await.expect("semaphore");
+            store.put(&bucket, &key, b"x".to_vec()).await.expect("put");
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.expect("upload task");
+    }
+    let prefix = format!("s3://{bucket}/imgs/");
+    // A dry run counts without sending: 1,030 messages would slow moto's SQS
+    // to a crawl, and the listing is what is under test here.
+    let out = producer(
+        &[
+            "enqueue",
+            "--queue-url",
+            "http://unused.invalid/q",
+            "--s3-prefix",
+            &prefix,
+            "--suffix",
+            ".png",
+            "--dry-run",
+            "--json",
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&out);
+    assert_eq!((s["enqueued"].as_u64(), s["skipped"].as_u64()), (Some(1030), Some(0)), "{s}");
+    let out = producer(
+        &[
+            "enqueue",
+            "--queue-url",
+            "http://unused.invalid/q",
+            "--s3-prefix",
+            &prefix,
+            "--glob",
+            "imgs/000*.png",
+            "--dry-run",
+            "--json",
+        ],
+        None,
+    );
+    assert_eq!(summary(&out)["enqueued"].as_u64(), Some(100));
+    common::delete_bucket(&cfg, &bucket).await;
+}
+
+#[tokio::test]
+async fn manifest_with_bad_lines_enqueues_the_good_ones_and_reruns_are_idempotent() {
+    let cfg = common::config().await;
+    let counters = common::counters();
+    let q = common::queue(&cfg, "prodcsv", Duration::from_secs(30), &counters).await;
+    let dir = std::env::temp_dir().join(common::unique("manifest"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let csv = dir.join("m.csv");
+    let mut text = String::from("url,job_id,label\n");
+    for i in 0..23 {
+        text.push_str(&format!("s3://bkt-a/{i}.png,,{}\n", i % 10));
+    }
+    text.push_str("ftp://nope/x.png,,1\n"); // line 25: bad scheme
+    text.push_str("s3://bkt-a/explicit.png,my-id-1,4\n");
+    text.push_str(",x,1\n"); // line 27: no url
+    std::fs::write(&csv, &text).expect("write manifest");
+    let args =
+        ["enqueue", "--queue-url", q.url(), "--manifest", csv.to_str().expect("utf8"), "--run-id", "r-test", "--json"];
+    let out = producer(&args, None);
+    assert!(out.status.success(), "bad lines are skipped, not fatal: {}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&out);
+    assert_eq!((s["enqueued"].as_u64(), s["skipped"].as_u64(), s["failed"].as_u64()), (Some(24), Some(2), Some(0)));
+    let errors = s["errors"].to_string();
+    assert!(errors.contains("line 25") && errors.contains("line 27"), "{errors}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 25"), "each bad line is reported as it is skipped: {stderr}");
+
+    let first = job_ids(&q, 24).await;
+    assert!(first.contains("my-id-1"));
+    let expected = JobMessage::new("s3://bkt-a/0.png", "r-test", None).expect("valid").job_id.to_string();
+    assert!(first.contains(&expected), "derived ids are (run_id, url) hashes");
+
+    // The same command again enqueues exactly the same ids. (The first 24
+    // are still in flight, so these are the 24 new messages.)
+    let out = producer(&args, None);
+    assert!(out.status.success());
+    let second = job_ids(&q, 24).await;
+    assert_eq!(first, second);
+
+    // --strict stops at the first bad line and fails the run.
+    let strict: Vec<&str> = args.iter().copied().chain(["--strict", "--dry-run"]).collect();
+    let out = producer(&strict, None);
+    assert!(!out.status.success());
+    assert!(summary(&out)["aborted"].as_str().is_some_and(|a| a.contains("line 25")));
+    common::delete_queue(&cfg, q.url()).await;
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[tokio::test]
+async fn stdin_jsonl_passes_job_ids_and_attrs_through() {
+    let cfg = common::config().await;
+    let counters = common::counters();
+    let q = common::queue(&cfg, "prodstdin", Duration::from_secs(30), &counters).await;
+    let input = "{\"url\":\"https://example.com/a.png\",\"job_id\":\"j-a\",\"attrs\":{\"label\":\"3\"}}\n\
+                 {\"url\":\"s3://bkt-b/b.png\"}\n\
+                 {\"oops\":1}\n";
+    let out = producer(
+        &["enqueue", "--queue-url", q.url(), "--stdin", "--format", "jsonl", "--run-id", "r2", "--json"],
+        Some(input),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&out);
+    assert_eq!((s["enqueued"].as_u64(), s["skipped"].as_u64()), (Some(2), Some(1)));
+    let got = common::receive_n(&q, 2, Duration::from_secs(30)).await;
+    let jobs: Vec<JobMessage> = got.iter().map(|m| JobMessage::parse(&m.body).expect("valid")).collect();
+    let a = jobs.iter().find(|j| j.job_id.as_str() == "j-a").expect("explicit id kept");
+    assert_eq!(a.attrs.as_ref().and_then(|m| m.get("label")), Some(&serde_json::json!("3")));
+    assert!(jobs.iter().all(|j| j.run_id == "r2"));
+    common::delete_queue(&cfg, q.url()).await;
+}
+
+#[tokio::test]
+async fn collect_drops_duplicates_loses_nothing_and_report_counts_them() {
+    let cfg = common::config().await;
+    let counters = common::counters();
+    let q = common::queue(&cfg, "prodcollect", Duration::from_secs(30), &counters).await;
+    let result = |id: usize, label: usize| {
+        format!(
+            r#"{{"v":1,"job_id":"j{id}","run_id":"r","url":"s3://b/{id}.png","status":"ok","top_k":[{{"label":"{label}","score":0.9}}],"attempts":1,"worker":"w","completed_at":"2026-11-26T10:00:0{}Z","attrs":{{"label":"{label}"}}}}"#,
+            id % 10
+        )
+    };
+    // 30 distinct results, 12 of them sent twice, plus one error result.
+    let mut bodies: Vec<String> = (0..30).map(|i| result(i, i % 3)).collect();
+    bodies.extend((0..12).map(|i| result(i, i % 3)));
+    bodies.push(r#"{"v":1,"job_id":"bad","run_id":"r","url":"s3://b/x","status":"error","error":{"kind":"decode","message":"not an image"},"attempts":1,"worker":"w","completed_at":"2026-11-26T10:00:09Z"}"#.into());
+    let refused = q.send(&bodies).await.expect("send");
+    assert!(refused.is_empty());
+    let dir = std::env::temp_dir().join(common::unique("collect"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let jsonl = dir.join("results.jsonl");
+    let out = producer(
+        &["collect", "--queue-url", q.url(), "--out", jsonl.to_str().expect("utf8"), "--wait-seconds", "1", "--json"],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&out);
+    assert_eq!(
+        (s["written"].as_u64(), s["duplicates"].as_u64(), s["deleted"].as_u64()),
+        (Some(31), Some(12), Some(43))
+    );
+    assert_eq!(std::fs::read_to_string(&jsonl).expect("jsonl").lines().count(), 31);
+    assert_eq!(std::fs::read_to_string(dir.join("results.csv")).expect("csv").lines().count(), 32);
+    assert_eq!(common::depth(&cfg, q.url()).await, (0, 0), "everything written was deleted");
+
+    let html = dir.join("report.html");
+    let out = producer(
+        &["report", "--in", jsonl.to_str().expect("utf8"), "--out", html.to_str().expect("utf8"), "--json"],
+        None,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&out);
+    assert_eq!((s["jobs"].as_u64(), s["succeeded"].as_u64(), s["failed"].as_u64()), (Some(31), Some(30), Some(1)));
+    assert_eq!(s["accuracy"].as_f64(), Some(1.0));
+    let page = std::fs::read_to_string(&html).expect("html");
+    assert!(page.contains("<div class=value id=jobs>31</div>"));
+    assert!(page.contains("<td>decode</td><td class=num>1</td>"));
+    common::delete_queue(&cfg, q.url()).await;
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
