@@ -20,6 +20,25 @@
 //!   [`ServiceError`]s.
 //! - [`metrics`]: [`ApiCounters`], AWS requests counted per API.
 //!
+//! ## Wiring
+//!
+//! ```no_run
+//! use scorefleet_aws::{ApiCounters, AwsConfig, DynamoOutcomeStore, S3Store, SqsQueue, StackSpec, provision};
+//! use std::sync::Arc;
+//!
+//! # async fn wire() -> Result<(), scorefleet_core::traits::ServiceError> {
+//! let cfg = AwsConfig::load().await;
+//! let counters = Arc::new(ApiCounters::new());
+//! let stack = provision(&cfg, &StackSpec::named("scorefleet-dev"), &counters).await?;
+//! let jobs = SqsQueue::new(cfg.sqs(), &stack.input_queue_url, counters.clone());
+//! let results = SqsQueue::new(cfg.sqs(), &stack.output_queue_url, counters.clone());
+//! let outcomes = DynamoOutcomeStore::new(cfg.dynamodb(), &stack.table, counters.clone());
+//! let images = S3Store::new(cfg.s3(), counters.clone());
+//! # let _ = (jobs, results, outcomes, images);
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! [`JobQueue`]: scorefleet_core::traits::JobQueue
 //! [`MessageSink`]: scorefleet_core::traits::MessageSink
 //! [`OutcomeStore`]: scorefleet_core::traits::OutcomeStore

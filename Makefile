@@ -1,0 +1,33 @@
+# scorefleet developer commands. `make test` needs only the Rust toolchain and
+# Python 3: it installs the pinned AWS emulator into .venv (requirements.txt),
+# starts it on a free port of 127.0.0.1, runs every test and stops it again.
+#
+#   make test         unit, property, doc and emulator tests (ministack)
+#   make test-moto    the same against moto
+#   make fmt | lint   rustfmt; rustfmt --check + clippy -D warnings
+
+SHELL := bash
+CARGO ?= cargo
+
+.PHONY: test test-moto nextest fmt lint
+
+# Doc tests need no emulator; the nextest build comes first so the emulator
+# does not idle through compilation.
+test: nextest
+	$(CARGO) test --workspace --doc
+	$(CARGO) nextest run --workspace --no-run
+	scripts/with-stack.sh $(CARGO) nextest run --workspace --no-fail-fast
+
+test-moto:
+	SCOREFLEET_EMULATOR=moto $(MAKE) test
+
+# cargo-nextest is installed only when missing (CI caches ~/.cargo/bin).
+nextest:
+	@command -v cargo-nextest >/dev/null || $(CARGO) install cargo-nextest --locked
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
