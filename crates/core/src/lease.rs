@@ -396,14 +396,14 @@ mod tests {
                             Err(_) => held[w] = None,
                         }
                     },
-                    Op::Finish(w) => if let Some(f) = held[w].take() {
-                        if let Ok(r) = finish(table.as_ref(), &f, Terminal::Completed, owners[w], now) {
-                            finishes += 1;
-                            table = Some(r);
-                        }
+                    Op::Finish(w) => if let Some(f) = held[w].take()
+                        && let Ok(r) = finish(table.as_ref(), &f, Terminal::Completed, owners[w], now) {
+                        finishes += 1;
+                        table = Some(r);
                     },
-                    Op::Release(w) => if let Some(f) = held[w].take() {
-                        if let Ok(r) = release(table.as_ref(), &f, now) { table = Some(r); }
+                    Op::Release(w) => if let Some(f) = held[w].take()
+                        && let Ok(r) = release(table.as_ref(), &f, now) {
+                        table = Some(r);
                     },
                 }
                 prop_assert!(finishes <= 1);
