@@ -19,7 +19,7 @@ test: nextest
 	scripts/with-stack.sh $(CARGO) nextest run --workspace --no-fail-fast
 
 test-moto:
-	SCOREFLEET_EMULATOR=moto $(MAKE) test
+	SCOREFLEET_EMULATOR=moto $(MAKE) --no-print-directory test
 
 # cargo-nextest is installed only when missing (CI caches ~/.cargo/bin).
 nextest:

@@ -372,6 +372,80 @@ impl MessageSink for SqsQueue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Mutex;
+
+    /// A queue whose client is never called: `batched` is driven through a
+    /// fake `call`.
+    fn offline_queue() -> SqsQueue {
+        let conf = aws_sdk_sqs::Config::builder()
+            .behavior_version(aws_sdk_sqs::config::BehaviorVersion::latest())
+            .region(aws_sdk_sqs::config::Region::new("us-east-1"))
+            .build();
+        SqsQueue::new(aws_sdk_sqs::Client::from_conf(conf), "http://unused", Arc::new(ApiCounters::new()))
+            .with_entry_retries(2, Duration::from_millis(1))
+    }
+
+    fn entry_error(id: &str, code: &str, sender_fault: bool) -> BatchResultErrorEntry {
+        BatchResultErrorEntry::builder().id(id).code(code).sender_fault(sender_fault).build().expect("all fields set")
+    }
+
+    #[tokio::test]
+    async fn retryable_entries_are_retried_and_the_rest_reported_with_caller_indices() {
+        let q = offline_queue();
+        let calls: Mutex<Vec<Vec<(String, usize)>>> = Mutex::new(Vec::new());
+        // 12 entries: batch 1 is indices 0..10, batch 2 is 10..12.
+        let failures = q
+            .batched("DeleteMessageBatch", count_chunks(&(0..12).collect::<Vec<_>>()), |entries| {
+                let round = {
+                    let mut c = calls.lock().expect("lock");
+                    c.push(entries.clone());
+                    c.iter().filter(|e| e.first().map(|f| f.1 < 10) == entries.first().map(|f| f.1 < 10)).count()
+                };
+                async move {
+                    let mut ok = Vec::new();
+                    let mut failed = Vec::new();
+                    for (id, i) in entries {
+                        match (i, round) {
+                            // Throttled once, then fine.
+                            (3, 1) => failed.push(entry_error(&id, "ThrottlingException", false)),
+                            // The sender's fault: reported at once, never retried.
+                            (5, _) => failed.push(entry_error(&id, "ReceiptHandleIsInvalid", true)),
+                            // Not the sender's fault, but no retry helps.
+                            (7, _) => failed.push(entry_error(&id, "InternalError", false)),
+                            // Not mentioned in the first answer at all.
+                            (11, 1) => {}
+                            _ => ok.push(id),
+                        }
+                    }
+                    Ok(BatchReply { ok, failed })
+                }
+            })
+            .await
+            .expect("no request failed");
+        let got: Vec<(usize, &str)> = failures.iter().map(|f| (f.index, f.code.as_str())).collect();
+        assert_eq!(got, vec![(5, "ReceiptHandleIsInvalid"), (7, "InternalError")]);
+        let calls = calls.into_inner().expect("lock");
+        // Batch 1: the first try, then retries of 3 and 7, then of 7 alone;
+        // batch 2: the first try, then 11 alone. Ids are positions in the
+        // batch, unchanged on retries.
+        let ids = |c: &Vec<(String, usize)>| c.iter().map(|(id, i)| (id.clone(), *i)).collect::<Vec<_>>();
+        assert_eq!(calls.len(), 5, "{calls:?}");
+        assert_eq!(ids(&calls[1]), vec![("3".into(), 3), ("7".into(), 7)]);
+        assert_eq!(ids(&calls[2]), vec![("7".into(), 7)]);
+        assert_eq!(ids(&calls[4]), vec![("1".into(), 11)]);
+        assert_eq!(q.counters().get("DeleteMessageBatch"), 5);
+    }
+
+    #[tokio::test]
+    async fn an_unknown_entry_id_in_an_answer_is_an_error_not_a_silent_drop() {
+        let q = offline_queue();
+        let res = q
+            .batched("SendMessageBatch", count_chunks(&[0, 1]), |_| async {
+                Ok(BatchReply { ok: vec!["0".into()], failed: vec![entry_error("9", "X", true)] })
+            })
+            .await;
+        assert!(matches!(res, Err(ServiceError::Permanent { .. })), "{res:?}");
+    }
 
     #[test]
     fn count_chunks_are_at_most_ten_and_cover_everything() {
