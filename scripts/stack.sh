@@ -26,6 +26,12 @@ log() { echo "stack: $*" >&2; }
 # edit by anyone (onnxruntime, numpy, ...) is picked up.
 ensure_venv() {
     local want have=""
+    # Two runs starting at once must not install into one venv together.
+    if command -v flock >/dev/null; then
+        mkdir -p "$ROOT/.stack"
+        exec 9>"$ROOT/.stack/venv.lock"
+        flock 9
+    fi
     want="$(python3 -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$REQS")"
     [[ -f "$VENV/.requirements.sha256" ]] && have="$(cat "$VENV/.requirements.sha256")"
     if [[ -x "$VENV/bin/python" && "$have" == "$want" ]]; then

@@ -89,7 +89,7 @@ async fn visibility_zero_returns_a_message_at_once_and_an_extension_keeps_it_hid
     let c = counters();
     // A short default visibility, so only the extension can explain a
     // message staying hidden.
-    let q = common::queue(&cfg, "vis", Duration::from_secs(2), &c).await;
+    let q = common::queue(&cfg, "vis", Duration::from_secs(3), &c).await;
     q.send(&["back".into(), "hidden".into()]).await.expect("send");
     let got = receive_n(&q, 2, WAIT).await;
     let back = got.iter().find(|m| m.body == "back").expect("back");
@@ -108,8 +108,8 @@ async fn visibility_zero_returns_a_message_at_once_and_an_extension_keeps_it_hid
     let again = receive_n(&q, 1, Duration::from_secs(5)).await;
     assert_eq!(again[0].body, "back");
     assert_eq!(again[0].receive_count, 2);
-    assert!(start.elapsed() < Duration::from_secs(2), "visible again before the default visibility could expire");
-    // Past the queue's 2 s default the extended one still does not come back.
+    assert!(start.elapsed() < Duration::from_secs(3), "visible again before the default visibility could expire");
+    // Past the queue's 3 s default the extended one still does not come back.
     let watch = Instant::now() + Duration::from_secs(4);
     while Instant::now() < watch {
         let seen = q.receive(10, Duration::from_secs(1)).await.expect("receive");
