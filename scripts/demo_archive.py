@@ -77,7 +77,7 @@ def main():
     objects.append((f"{args.prefix}/broken/bomb.png", bomb(), ""))
     objects.append((f"{args.prefix}/broken/oversized.png", good + b"\x00" * (args.oversized_mb << 20), ""))
 
-    s3 = boto3.client("s3", config=Config(s3={"addressing_style": "path"}, max_pool_connections=32))
+    s3 = boto3.client("s3", region_name=os.environ.get("AWS_REGION", "us-east-1"), config=Config(s3={"addressing_style": "path"}, max_pool_connections=32))
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         list(pool.map(lambda o: s3.put_object(Bucket=args.bucket, Key=o[0], Body=o[1]), objects))
 
