@@ -35,6 +35,27 @@ enum Command {
     Collect(CollectArgs),
     /// Turn collected results into one self-contained HTML report.
     Report(ReportArgs),
+    /// Create the queues (input with a dead-letter queue, output), the outcome
+    /// table (on demand, TTL) and the bucket, if they do not exist yet.
+    Init(InitArgs),
+}
+
+#[derive(Debug, Args)]
+struct InitArgs {
+    /// Names: {prefix}-in, {prefix}-dlq, {prefix}-out, {prefix}-outcomes and
+    /// bucket {prefix} (lower-cased).
+    #[arg(long, env = "SCOREFLEET_PREFIX")]
+    prefix: String,
+    /// Deliveries of one message before it moves to the dead-letter queue.
+    #[arg(long, default_value_t = 5)]
+    max_receive_count: u32,
+    /// The input queue's visibility timeout in seconds (the workers extend it
+    /// while they work).
+    #[arg(long, default_value_t = 60)]
+    visibility_timeout: u64,
+    /// Print `export SCOREFLEET_…=…` lines to source, instead of JSON.
+    #[arg(long)]
+    env: bool,
 }
 
 #[derive(Debug, Args)]
@@ -150,7 +171,39 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Enqueue(args) => enqueue_cmd(args).await,
         Command::Collect(args) => collect_cmd(args).await,
         Command::Report(args) => report_cmd(&args),
+        Command::Init(args) => init_cmd(&args).await,
     }
+}
+
+async fn init_cmd(args: &InitArgs) -> anyhow::Result<ExitCode> {
+    let aws = AwsConfig::load().await;
+    let mut spec = scorefleet_aws::StackSpec::named(&args.prefix);
+    spec.max_receive_count = args.max_receive_count;
+    spec.visibility_timeout = std::time::Duration::from_secs(args.visibility_timeout);
+    let p = scorefleet_aws::provision(&aws, &spec, &ApiCounters::new()).await?;
+    if args.env {
+        for (k, v) in [
+            ("SCOREFLEET_INPUT_QUEUE_URL", &p.input_queue_url),
+            ("SCOREFLEET_DLQ_URL", &p.dead_letter_queue_url),
+            ("SCOREFLEET_OUTPUT_QUEUE_URL", &p.output_queue_url),
+            ("SCOREFLEET_TABLE", &p.table),
+            ("SCOREFLEET_BUCKET", &p.bucket),
+        ] {
+            println!("export {k}='{v}'");
+        }
+    } else {
+        println!(
+            "{}",
+            serde_json::json!({
+                "input_queue_url": p.input_queue_url,
+                "dead_letter_queue_url": p.dead_letter_queue_url,
+                "output_queue_url": p.output_queue_url,
+                "table": p.table,
+                "bucket": p.bucket,
+            })
+        );
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn report_cmd(args: &ReportArgs) -> anyhow::Result<ExitCode> {

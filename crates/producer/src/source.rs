@@ -211,8 +211,10 @@ impl<R: BufRead> Iterator for CsvEntries<R> {
                     };
                     let attrs: Map<String, Value> = attr_cols
                         .iter()
+                        // An empty cell is an absent attribute, not an empty label.
                         .filter_map(|(i, name)| {
-                            self.record.get(*i).map(|v| (name.clone(), Value::String(v.to_owned())))
+                            let v = self.record.get(*i).filter(|v| !v.is_empty())?;
+                            Some((name.clone(), Value::String(v.to_owned())))
                         })
                         .collect();
                     return Some(Ok(Entry { line, url, job_id, attrs: (!attrs.is_empty()).then_some(attrs) }));
@@ -261,6 +263,8 @@ mod tests {
         assert_eq!((a.line, a.url.as_str(), a.job_id.as_ref().map(JobId::as_str)), (2, "s3://bkt/a.png", Some("id-1")));
         assert_eq!(a.attrs.as_ref().and_then(|m| m.get("label")), Some(&Value::String("7".into())));
         assert_eq!(got[1].as_ref().expect("row 3").job_id, None);
+        let unlabelled = read("url,label\ns3://bkt/x.png,\n", Format::Csv);
+        assert_eq!(unlabelled[0].as_ref().expect("row").attrs, None, "empty cells are not attributes");
         assert_eq!(got[2].as_ref().expect_err("empty url").line, 4);
         assert_eq!(got[3].as_ref().expect_err("bad id").line, 5);
     }

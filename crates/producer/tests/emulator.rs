@@ -220,3 +220,31 @@ async fn collect_drops_duplicates_loses_nothing_and_report_counts_them() {
     common::delete_queue(&cfg, q.url()).await;
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
+
+#[tokio::test]
+async fn init_provisions_idempotently_with_a_dead_letter_queue() {
+    let cfg = common::config().await;
+    let prefix = common::unique("init");
+    let run = || {
+        let out = producer(&["init", "--prefix", &prefix, "--max-receive-count", "3"], None);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        summary(&out)
+    };
+    let first = run();
+    let second = run();
+    assert_eq!(first, second, "a second init finds the same resources");
+    let input = first["input_queue_url"].as_str().expect("input url");
+    let policy = scorefleet_aws::provision::redrive_policy(&cfg.sqs(), input, &ApiCounters::new())
+        .await
+        .expect("read redrive policy")
+        .expect("input queue has a redrive policy");
+    assert_eq!(policy.max_receive_count, 3);
+    let out = producer(&["init", "--prefix", &prefix, "--env"], None);
+    let env = String::from_utf8_lossy(&out.stdout);
+    assert!(env.contains(&format!("export SCOREFLEET_INPUT_QUEUE_URL='{input}'")), "{env}");
+    for key in ["input_queue_url", "dead_letter_queue_url", "output_queue_url"] {
+        common::delete_queue(&cfg, first[key].as_str().expect("url")).await;
+    }
+    common::delete_table(&cfg, first["table"].as_str().expect("table")).await;
+    common::delete_bucket(&cfg, first["bucket"].as_str().expect("bucket")).await;
+}
