@@ -8,8 +8,11 @@
 //!
 //! Item layout (one per job): `job_id` (S, partition key), `status` (S:
 //! `IN_PROGRESS|COMPLETED|FAILED`), `owner` (S), `attempt` (N, the fencing
-//! token), `lease_until_ms` (N), `result` (S, once finished), `run_id` (S),
-//! `expires_at` (N, epoch seconds, the table's TTL attribute).
+//! token), `lease_until_ms` (N), `result` (S, once finished), `finished_ms`
+//! (N, epoch ms of the finish, for run throughput), `run_id` (S, the key of
+//! the `by_run` index that run status queries), `expires_at` (N, epoch
+//! seconds, the table's TTL attribute). Run records (see [`runs`]) share the
+//! table under keys no job id can take.
 //!
 //! TTL is checked in code as well as by the table: DynamoDB deletes expired
 //! items up to days late, and emulators never do, so an item whose
@@ -19,7 +22,7 @@
 //! exactly the core's `expires_at_s * 1000 > now_ms`):
 //! - claim: `attribute_not_exists(job_id) OR expires_at <= now_s OR
 //!   (status = IN_PROGRESS AND lease_until_ms <= now_ms)`; sets `attempt =
-//!   if_not_exists(attempt, 0) + 1`, removes `result`.
+//!   if_not_exists(attempt, 0) + 1`, removes `result` and `finished_ms`.
 //! - renew / finish / release: `status = IN_PROGRESS AND owner = :o AND
 //!   attempt = :a AND expires_at > now_s`.
 
@@ -35,6 +38,10 @@ use scorefleet_core::traits::{OutcomeStore, ServiceError, now_ms};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
+
+pub mod runs;
+
+pub use runs::RunStatus;
 
 /// The default record lifetime: long enough to cover re-runs and late
 /// redeliveries of a nightly run, short enough to keep the table small.
@@ -189,6 +196,9 @@ impl DynamoOutcomeStore {
         if set.contains("#res") {
             names.insert("#res".into(), "result".into());
         }
+        if set.contains("#fin") {
+            names.insert("#fin".into(), "finished_ms".into());
+        }
         self.counters.incr(OP);
         let res = self
             .client
@@ -256,10 +266,10 @@ impl OutcomeStore for DynamoOutcomeStore {
             .set_key(Some(key(job)))
             .update_expression(
                 "SET #st = :ip, #ow = :o, #at = if_not_exists(#at, :zero) + :one, #lu = :lu, #run = :run, \
-                 #exp = :exp REMOVE #res",
+                 #exp = :exp REMOVE #res, #fin",
             )
             .condition_expression("attribute_not_exists(#pk) OR #exp <= :now_s OR (#st = :ip AND #lu <= :now_ms)")
-            .set_expression_attribute_names(Some(names(&["pk", "st", "ow", "at", "lu", "run", "exp", "res"])))
+            .set_expression_attribute_names(Some(names(&["pk", "st", "ow", "at", "lu", "run", "exp", "res", "fin"])))
             .set_expression_attribute_values(Some(values))
             .return_values(ReturnValue::AllOld)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
@@ -317,11 +327,14 @@ impl OutcomeStore for DynamoOutcomeStore {
             (":st".to_owned(), s(Status::from(terminal).as_str())),
             (":zero".to_owned(), n(0)),
             (":res".to_owned(), s(result_json)),
+            (":fin".to_owned(), n(now_ms)),
         ]);
-        self.fenced(job, fence, now_ms, "SET #st = :st, #lu = :zero, #res = :res", values, |cur| {
-            lease::finish(cur, fence, terminal, result_json, now_ms)
-        })
-        .await
+        // finished_ms is what run status measures throughput by; it is
+        // written in the same fenced write as the outcome, so a job counts as
+        // finished exactly when it has a finish time.
+        let set = "SET #st = :st, #lu = :zero, #res = :res, #fin = :fin";
+        self.fenced(job, fence, now_ms, set, values, |cur| lease::finish(cur, fence, terminal, result_json, now_ms))
+            .await
     }
 
     async fn release(&self, job: &JobId, fence: &Fence) -> Result<Result<(), LeaseError>, ServiceError> {
@@ -383,6 +396,7 @@ fn names(aliases: &[&str]) -> HashMap<String, String> {
                 "run" => "run_id",
                 "exp" => "expires_at",
                 "res" => "result",
+                "fin" => "finished_ms",
                 _ => return None,
             };
             Some((format!("#{a}"), attr.to_owned()))

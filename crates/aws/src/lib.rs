@@ -12,7 +12,8 @@
 //!   change-visibility with per-entry retries and failure reports.
 //! - [`dynamo`]: [`DynamoOutcomeStore`], the dedup table ([`OutcomeStore`]):
 //!   each lease transition of `scorefleet_core::lease` as one conditional
-//!   `UpdateItem`.
+//!   `UpdateItem`; [`dynamo::runs`]: run status counted by a query on the
+//!   table's `by_run` index, and the run record the producer writes.
 //! - [`s3`]: [`S3Store`], images and weights ([`ObjectStore`]): capped get,
 //!   put, paginated list.
 //! - [`provision`]: idempotent creation of the queues, table and bucket.
@@ -57,7 +58,7 @@ pub mod sqs;
 mod backoff;
 
 pub use config::AwsConfig;
-pub use dynamo::DynamoOutcomeStore;
+pub use dynamo::{DynamoOutcomeStore, RunStatus};
 pub use metrics::ApiCounters;
 pub use provision::{Provisioned, StackSpec, provision};
 pub use s3::{KeyPages, S3Store};

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The operations this crate calls, pre-registered so a metric exists (at 0)
 /// before its first request and counting is one atomic add.
-const KNOWN: [&str; 20] = [
+const KNOWN: [&str; 21] = [
     "ReceiveMessage",
     "SendMessageBatch",
     "DeleteMessageBatch",
@@ -23,6 +23,7 @@ const KNOWN: [&str; 20] = [
     "UpdateItem",
     "GetItem",
     "BatchGetItem",
+    "Query",
     "PutItem",
     "CreateTable",
     "DescribeTable",

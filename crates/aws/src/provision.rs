@@ -1,6 +1,7 @@
 //! Idempotent creation of everything scorefleet runs on: an input queue with
 //! a dead-letter queue (RedrivePolicy), an output queue, the dedup table
-//! (on-demand, TTL on `expires_at`) and a bucket. For tests, the demo and
+//! (on-demand, TTL on `expires_at`, the [`RUN_INDEX`] index by `run_id` for
+//! run status) and a bucket. For tests, the demo and
 //! first-time users; production infrastructure belongs in the deploy
 //! templates.
 //!
@@ -14,8 +15,8 @@ use crate::config::AwsConfig;
 use crate::errors::{classify, error_code, permanent};
 use crate::metrics::ApiCounters;
 use aws_sdk_dynamodb::types::{
-    AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType, TableStatus,
-    TimeToLiveSpecification, TimeToLiveStatus,
+    AttributeDefinition, BillingMode, GlobalSecondaryIndex, IndexStatus, KeySchemaElement, KeyType, Projection,
+    ProjectionType, ScalarAttributeType, TableDescription, TableStatus, TimeToLiveSpecification, TimeToLiveStatus,
 };
 use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use aws_sdk_sqs::types::QueueAttributeName;
@@ -25,6 +26,13 @@ use std::time::{Duration, Instant};
 
 /// The TTL attribute of the dedup table.
 pub const TTL_ATTRIBUTE: &str = "expires_at";
+/// The global secondary index of the dedup table by `run_id`, which run
+/// status queries. It projects only [`RUN_INDEX_ATTRIBUTES`], so the `result`
+/// JSON stays out of it and a status query reads ~100 bytes per job.
+pub const RUN_INDEX: &str = "by_run";
+/// The non-key attributes [`RUN_INDEX`] carries (its keys `run_id` and
+/// `job_id` come with it).
+pub const RUN_INDEX_ATTRIBUTES: [&str; 3] = ["status", "finished_ms", "attempt"];
 /// How long to wait for a new table to become ACTIVE.
 const TABLE_ACTIVE_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -208,28 +216,64 @@ pub fn parse_redrive_policy(json: &str) -> Result<RedrivePolicy, String> {
     Ok(RedrivePolicy { dead_letter_target_arn: arn, max_receive_count: count })
 }
 
-/// Creates the dedup table (on-demand, key `job_id`) unless it exists, waits
-/// until it is ACTIVE, and turns TTL on for [`TTL_ATTRIBUTE`].
+/// Whether a table description has [`RUN_INDEX`]: `None` without it,
+/// `Some(active)` with it.
+pub fn run_index_status(desc: &TableDescription) -> Option<bool> {
+    desc.global_secondary_indexes()
+        .iter()
+        .find(|i| i.index_name() == Some(RUN_INDEX))
+        // An endpoint that reports no index status has nothing to wait for.
+        .map(|i| i.index_status().is_none_or(|s| *s == IndexStatus::Active))
+}
+
+/// Whether `table` has [`RUN_INDEX`] (one `DescribeTable`).
+pub async fn has_run_index(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    counters: &ApiCounters,
+) -> Result<bool, ServiceError> {
+    counters.incr("DescribeTable");
+    let out = ddb.describe_table().table_name(table).send().await.map_err(|e| classify("DescribeTable", &e))?;
+    Ok(out.table.as_ref().and_then(run_index_status).is_some())
+}
+
+/// Creates the dedup table (on-demand, key `job_id`, global secondary index
+/// [`RUN_INDEX`] on `run_id`) unless it exists, waits until it and the index
+/// are ACTIVE, and turns TTL on for [`TTL_ATTRIBUTE`]. An existing table
+/// without the index is accepted as it is (with a warning): run status then
+/// fails, naming the index.
 pub async fn ensure_table(
     ddb: &aws_sdk_dynamodb::Client,
     table: &str,
     counters: &ApiCounters,
 ) -> Result<(), ServiceError> {
     let build = |e: aws_sdk_dynamodb::error::BuildError| permanent("CreateTable", e.to_string());
+    let attribute = |name: &str| {
+        AttributeDefinition::builder()
+            .attribute_name(name)
+            .attribute_type(ScalarAttributeType::S)
+            .build()
+            .map_err(build)
+    };
+    let hash_key = |name: &str| KeySchemaElement::builder().attribute_name(name).key_type(KeyType::Hash).build();
+    let projection = Projection::builder()
+        .projection_type(ProjectionType::Include)
+        .set_non_key_attributes(Some(RUN_INDEX_ATTRIBUTES.iter().map(|a| (*a).to_owned()).collect()))
+        .build();
+    let by_run = GlobalSecondaryIndex::builder()
+        .index_name(RUN_INDEX)
+        .key_schema(hash_key("run_id").map_err(build)?)
+        .projection(projection)
+        .build()
+        .map_err(build)?;
     counters.incr("CreateTable");
     let created = ddb
         .create_table()
         .table_name(table)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("job_id")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .map_err(build)?,
-        )
-        .key_schema(
-            KeySchemaElement::builder().attribute_name("job_id").key_type(KeyType::Hash).build().map_err(build)?,
-        )
+        .attribute_definitions(attribute("job_id")?)
+        .attribute_definitions(attribute("run_id")?)
+        .key_schema(hash_key("job_id").map_err(build)?)
+        .global_secondary_indexes(by_run)
         .billing_mode(BillingMode::PayPerRequest)
         .send()
         .await;
@@ -242,7 +286,16 @@ pub async fn ensure_table(
     loop {
         counters.incr("DescribeTable");
         let out = ddb.describe_table().table_name(table).send().await.map_err(|e| classify("DescribeTable", &e))?;
-        if out.table.and_then(|t| t.table_status) == Some(TableStatus::Active) {
+        let active = out.table.as_ref().and_then(|t| t.table_status.as_ref()) == Some(&TableStatus::Active);
+        // The index must be ACTIVE too: a Query on a CREATING index fails.
+        let index = out.table.as_ref().and_then(run_index_status);
+        if active && index != Some(false) {
+            if index.is_none() {
+                // An older table: left as it is (adding an index to a big
+                // table is a backfill an operator should choose), and run
+                // status says what is missing.
+                tracing::warn!(table, index = RUN_INDEX, "the table has no run index; `status` will not work on it");
+            }
             break;
         }
         if Instant::now() >= deadline {

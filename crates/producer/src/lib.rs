@@ -11,6 +11,7 @@
 //!   job ids, deleting only what is durably written.
 //! - [`progress`]: a bar on a terminal, plain lines elsewhere.
 //! - [`report`]: one self-contained HTML report from collected results.
+//! - [`status`]: where a run stands (counts, throughput, ETA) for `status`.
 #![warn(missing_docs)]
 
 pub mod collect;
@@ -18,6 +19,7 @@ pub mod enqueue;
 pub mod progress;
 pub mod report;
 pub mod source;
+pub mod status;
 
 /// The default run id: `run-YYYY-MM-DD` in UTC, so a nightly job re-run on the
 /// same day re-uses its ids (and the fleet skips what it finished).

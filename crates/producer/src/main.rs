@@ -38,6 +38,30 @@ enum Command {
     /// Create the queues (input with a dead-letter queue, output), the outcome
     /// table (on demand, TTL) and the bucket, if they do not exist yet.
     Init(InitArgs),
+    /// Show where a run stands: total, done, failed, in flight, queued,
+    /// throughput and ETA, counted from the outcome table.
+    ///
+    /// Counts come from a query on the table's `by_run` index (one item per
+    /// job id), so duplicate deliveries and crashed workers never skew them;
+    /// the total is what `enqueue --table` recorded.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+struct StatusArgs {
+    /// The outcome table ({prefix}-outcomes, as `init` creates it).
+    #[arg(long, env = "SCOREFLEET_TABLE")]
+    table: String,
+    /// The run. Default: run-YYYY-MM-DD (UTC), as `enqueue` uses.
+    #[arg(long, env = "SCOREFLEET_RUN_ID")]
+    run_id: Option<String>,
+    /// Print one JSON object (per refresh with --watch).
+    #[arg(long)]
+    json: bool,
+    /// Print again every SECONDS until the run is complete (needs a total
+    /// recorded by `enqueue --table`; without one, until interrupted).
+    #[arg(long, value_name = "SECONDS")]
+    watch: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -142,6 +166,12 @@ struct EnqueueArgs {
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
+    /// The outcome table: after a run that sent jobs, the number enqueued is
+    /// recorded there as the run's total, for `status` (re-runs never raise
+    /// it past the largest count). A failure to record it is a warning, not a
+    /// failed run: the jobs are on the queue either way.
+    #[arg(long, env = "SCOREFLEET_TABLE")]
+    table: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -172,6 +202,38 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Collect(args) => collect_cmd(args).await,
         Command::Report(args) => report_cmd(&args),
         Command::Init(args) => init_cmd(&args).await,
+        Command::Status(args) => status_cmd(args).await,
+    }
+}
+
+async fn status_cmd(args: StatusArgs) -> anyhow::Result<ExitCode> {
+    use scorefleet_producer::status;
+    let aws = AwsConfig::load().await;
+    let store =
+        scorefleet_aws::DynamoOutcomeStore::new(aws.dynamodb(), args.table.clone(), Arc::new(ApiCounters::new()));
+    let run_id =
+        args.run_id.clone().unwrap_or_else(|| scorefleet_producer::default_run_id(time::OffsetDateTime::now_utc()));
+    loop {
+        let now = scorefleet_core::traits::now_ms();
+        let report = match store.run_status(&run_id, now).await {
+            Ok(st) => status::report(&st, now),
+            // Watching: a throttled or dropped request only skips a refresh.
+            Err(e) if args.watch.is_some() && e.is_transient() => {
+                eprintln!("warning: {e}; retrying");
+                tokio::time::sleep(std::time::Duration::from_secs(args.watch.unwrap_or(1).max(1))).await;
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("cannot read the status of run {run_id}")),
+        };
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            print!("{}", status::render(&report));
+        }
+        match args.watch {
+            Some(secs) if !report.complete => tokio::time::sleep(std::time::Duration::from_secs(secs.max(1))).await,
+            _ => return Ok(ExitCode::SUCCESS),
+        }
     }
 }
 
@@ -285,6 +347,20 @@ async fn enqueue_cmd(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     let progress = Progress::auto();
     let summary = enqueue::run(sink, rx, &opts, &progress).await;
     progress.finish();
+    if let Some(table) = &args.table
+        && !summary.dry_run
+        && summary.enqueued > 0
+    {
+        // Also after a partly failed run: what was enqueued is on the queue
+        // and will be scored, and a re-run can only raise the total.
+        let store = scorefleet_aws::DynamoOutcomeStore::new(aws.dynamodb(), table.clone(), counters.clone());
+        let now = scorefleet_core::traits::now_ms();
+        if let Err(e) = store.record_enqueued(&summary.run_id, summary.enqueued, now).await {
+            eprintln!(
+                "warning: could not record the run's total in table {table} (`status` will show it as unknown): {e}"
+            );
+        }
+    }
     // The reader stops on its own once the receiver is gone (strict abort).
     let source_error = match reader.await {
         Ok(Ok(())) => None,

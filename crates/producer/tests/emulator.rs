@@ -248,3 +248,75 @@ async fn init_provisions_idempotently_with_a_dead_letter_queue() {
     common::delete_table(&cfg, first["table"].as_str().expect("table")).await;
     common::delete_bucket(&cfg, first["bucket"].as_str().expect("bucket")).await;
 }
+
+#[tokio::test]
+async fn status_counts_a_run_from_the_table_as_json_and_text() {
+    use scorefleet_core::lease::{ClaimOutcome, Terminal};
+    use scorefleet_core::traits::{OutcomeStore, now_ms};
+    let cfg = common::config().await;
+    let counters = common::counters();
+    let q = common::queue(&cfg, "prodstatus", Duration::from_secs(30), &counters).await;
+    let table = common::table(&cfg, "prodstatus").await;
+    let run = common::unique("run");
+    let urls: Vec<String> = (0..5).map(|i| format!("s3://bkt-s/{i}.png")).collect();
+    let enqueue = ["enqueue", "--queue-url", q.url(), "--stdin", "--run-id", &run, "--table", &table, "--json"];
+    let out = producer(&enqueue, Some(&urls.join("\n")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // The same command again sends the same 5 ids: the total stays 5.
+    let out = producer(&enqueue, Some(&urls.join("\n")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    // Workers: 2 completed, 1 failed, 1 in progress, 1 still queued.
+    let store = scorefleet_aws::DynamoOutcomeStore::new(cfg.dynamodb(), &table, counters.clone());
+    let now = now_ms();
+    for (i, url) in urls.iter().take(4).enumerate() {
+        let id = JobMessage::new(url, &run, None).expect("valid").job_id;
+        let fence = match store.claim(&id, &run, "w", now, 60_000).await.expect("claim") {
+            ClaimOutcome::Claimed(f) => f,
+            other => panic!("{other:?}"),
+        };
+        let terminal = match i {
+            0 | 1 => Terminal::Completed,
+            2 => Terminal::Failed,
+            _ => continue,
+        };
+        store.finish(&id, &fence, terminal, "{}", now).await.expect("finish").expect("ours");
+        // A duplicate delivery of a finished job changes nothing.
+        assert!(matches!(store.claim(&id, &run, "w2", now, 60_000).await.expect("claim"), ClaimOutcome::Done(_)));
+    }
+
+    let out = producer(&["status", "--table", &table, "--run-id", &run, "--json"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&out);
+    let counts = ["total", "completed", "failed", "in_progress", "queued"].map(|k| s[k].as_u64());
+    assert_eq!(counts, [Some(5), Some(2), Some(1), Some(1), Some(1)], "{s}");
+    assert!(s["images_per_s"].as_f64().is_some_and(|r| r > 0.0), "{s}");
+    assert!(s["eta_s"].as_f64().is_some_and(|e| e > 0.0), "{s}");
+    assert_eq!(s["complete"].as_bool(), Some(false));
+
+    let out = producer(&["status", "--table", &table, "--run-id", &run], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("done        3  (2 completed, 1 failed)") && text.contains("queued      1"), "{text}");
+
+    // The rest finish (the in-progress one by a taker-over); then --watch
+    // stops by itself at its first, complete, print.
+    for url in urls.iter().skip(3) {
+        let id = JobMessage::new(url, &run, None).expect("valid").job_id;
+        let fence = match store.claim(&id, &run, "w", now + 120_000, 60_000).await.expect("claim") {
+            ClaimOutcome::Claimed(f) | ClaimOutcome::TakenOver { fence: f, .. } => f,
+            other => panic!("{other:?}"),
+        };
+        store.finish(&id, &fence, Terminal::Completed, "{}", now).await.expect("finish").expect("ours");
+    }
+    let out = producer(&["status", "--table", &table, "--run-id", &run, "--json", "--watch", "1"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&out);
+    assert_eq!(
+        (s["completed"].as_u64(), s["queued"].as_u64(), s["complete"].as_bool()),
+        (Some(4), Some(0), Some(true))
+    );
+    assert_eq!(s["eta_s"].as_f64(), Some(0.0));
+    common::delete_queue(&cfg, q.url()).await;
+    common::delete_table(&cfg, &table).await;
+}

@@ -1,0 +1,174 @@
+//! Run status against the local emulator: the `by_run` index that provision
+//! creates, counts by query that stay exact under duplicate claims and
+//! finishes, and the run record's total, which never doubles or shrinks.
+
+mod common;
+
+use common::{config, counters};
+use scorefleet_aws::DynamoOutcomeStore;
+use scorefleet_aws::provision::{RUN_INDEX, RUN_INDEX_ATTRIBUTES, has_run_index};
+use scorefleet_core::job::JobId;
+use scorefleet_core::lease::{ClaimOutcome, Fence, LeaseError, Terminal};
+use scorefleet_core::traits::{OutcomeStore, ServiceError, now_ms};
+
+const LEASE_MS: u64 = 60_000;
+
+async fn claim(store: &DynamoOutcomeStore, id: &JobId, run: &str, owner: &str, now: u64) -> Fence {
+    match store.claim(id, run, owner, now, LEASE_MS).await.expect("claim") {
+        ClaimOutcome::Claimed(f) | ClaimOutcome::TakenOver { fence: f, .. } => f,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn provision_creates_the_run_index_with_a_small_projection() {
+    let cfg = config().await;
+    let table = common::table(&cfg, "runindex").await;
+    assert!(has_run_index(&cfg.dynamodb(), &table, &counters()).await.expect("describe"));
+    let desc = cfg.dynamodb().describe_table().table_name(&table).send().await.expect("describe").table.expect("table");
+    let index =
+        desc.global_secondary_indexes().iter().find(|i| i.index_name() == Some(RUN_INDEX)).expect("the run index");
+    let keys: Vec<_> = index.key_schema().iter().map(|k| k.attribute_name()).collect();
+    assert_eq!(keys, ["run_id"]);
+    let mut projected: Vec<String> = index.projection().map(|p| p.non_key_attributes().to_vec()).unwrap_or_default();
+    projected.sort();
+    let mut want: Vec<String> = RUN_INDEX_ATTRIBUTES.iter().map(|a| (*a).to_owned()).collect();
+    want.sort();
+    assert_eq!(projected, want, "the result JSON stays out of the index");
+    // Provisioning again converges on the same table.
+    scorefleet_aws::provision::ensure_table(&cfg.dynamodb(), &table, &counters()).await.expect("again");
+    common::delete_table(&cfg, &table).await;
+}
+
+#[tokio::test]
+async fn run_status_counts_each_job_once_and_only_its_own_run() {
+    let cfg = config().await;
+    let c = counters();
+    let table = common::table(&cfg, "runstatus").await;
+    let store = DynamoOutcomeStore::new(cfg.dynamodb(), &table, c.clone());
+    let run_a = common::unique("ra");
+    let run_b = common::unique("rb");
+    let ids = |tag: &str, k: usize| -> Vec<JobId> {
+        (0..k).map(|i| JobId::parse(&common::unique(&format!("{tag}{i}"))).expect("id")).collect()
+    };
+    let (a, b) = (ids("a", 6), ids("b", 2));
+    let now = now_ms();
+
+    // Run A: 2 completed, 1 failed, 2 in progress, 1 never claimed.
+    let mut fences = Vec::new();
+    for id in &a[..5] {
+        fences.push(claim(&store, id, &run_a, "w1", now).await);
+    }
+    for (i, terminal) in [(0, Terminal::Completed), (1, Terminal::Completed), (2, Terminal::Failed)] {
+        assert_eq!(store.finish(&a[i], &fences[i], terminal, "{}", now).await.expect("finish"), Ok(()));
+    }
+    // Run B: 1 completed, 1 in progress; never counted for A.
+    let fb = claim(&store, &b[0], &run_b, "w2", now).await;
+    store.finish(&b[0], &fb, Terminal::Completed, "{}", now).await.expect("finish").expect("ours");
+    claim(&store, &b[1], &run_b, "w2", now).await;
+    assert!(store.record_enqueued(&run_a, 6, now).await.expect("record"));
+
+    // finish writes its time, for throughput.
+    let raw = cfg
+        .dynamodb()
+        .get_item()
+        .table_name(&table)
+        .key("job_id", aws_sdk_dynamodb::types::AttributeValue::S(a[0].as_str().into()))
+        .send()
+        .await
+        .expect("get")
+        .item
+        .expect("item");
+    assert_eq!(raw.get("finished_ms").and_then(|v| v.as_n().ok()), Some(&now.to_string()));
+
+    let before = (c.get("Query"), c.get("GetItem"));
+    let st = store.run_status(&run_a, now_ms()).await.expect("status");
+    assert_eq!((c.get("Query") - before.0, c.get("GetItem") - before.1), (1, 1), "one page, one run record read");
+    assert_eq!((st.total, st.completed, st.failed, st.in_progress, st.finished_last_minute), (Some(6), 2, 1, 2, 3));
+    assert_eq!((st.first_finished_ms, st.last_finished_ms), (Some(now), Some(now)));
+    assert_eq!(st.enqueued_ms, Some(now));
+
+    // Duplicate deliveries: a finished job claimed again is Done, finished
+    // again is refused; a live lease claimed by another worker is Busy; an
+    // ended lease taken over is still one job in progress.
+    assert!(matches!(store.claim(&a[0], &run_a, "w3", now + 1, LEASE_MS).await.expect("claim"), ClaimOutcome::Done(_)));
+    assert_eq!(
+        store.finish(&a[0], &fences[0], Terminal::Completed, "{}", now + 2).await.expect("finish"),
+        Err(LeaseError::AlreadyFinished)
+    );
+    assert!(matches!(
+        store.claim(&a[3], &run_a, "w3", now + 1, LEASE_MS).await.expect("claim"),
+        ClaimOutcome::Busy { .. }
+    ));
+    let taken = claim(&store, &a[4], &run_a, "w3", now + LEASE_MS).await;
+    assert_eq!(taken.attempt, 2);
+    let again = store.run_status(&run_a, now_ms()).await.expect("status");
+    assert_eq!(again, st, "duplicates change nothing");
+
+    // The taker-over finishes: one more done, one fewer in flight.
+    store.finish(&a[4], &taken, Terminal::Completed, "{}", now + 3).await.expect("finish").expect("ours");
+    let after = store.run_status(&run_a, now_ms()).await.expect("status");
+    assert_eq!((after.completed, after.failed, after.in_progress, after.last_finished_ms), (3, 1, 1, Some(now + 3)));
+
+    let other = store.run_status(&run_b, now_ms()).await.expect("status");
+    assert_eq!((other.total, other.completed, other.failed, other.in_progress), (None, 1, 0, 1));
+    let none = store.run_status("no-such-run", now_ms()).await.expect("status");
+    assert_eq!((none.total, none.finished(), none.in_progress), (None, 0, 0));
+    common::delete_table(&cfg, &table).await;
+}
+
+#[tokio::test]
+async fn record_enqueued_never_lowers_or_doubles_the_total() {
+    let cfg = config().await;
+    let table = common::table(&cfg, "runtotal").await;
+    let store = DynamoOutcomeStore::new(cfg.dynamodb(), &table, counters());
+    let run = common::unique("r");
+    let now = now_ms();
+    let total = |st: scorefleet_aws::RunStatus| (st.total, st.enqueued_ms);
+
+    assert!(store.record_enqueued(&run, 10, now).await.expect("record"));
+    // The same command again: the same ids, the same total.
+    assert!(store.record_enqueued(&run, 10, now + 1).await.expect("record"));
+    assert_eq!(total(store.run_status(&run, now + 2).await.expect("status")), (Some(10), Some(now)));
+    // A partial re-run does not lower it.
+    assert!(!store.record_enqueued(&run, 4, now + 3).await.expect("record"));
+    assert_eq!(total(store.run_status(&run, now + 4).await.expect("status")), (Some(10), Some(now)));
+    // A bigger manifest raises it; the first enqueue time stays.
+    assert!(store.record_enqueued(&run, 12, now + 5).await.expect("record"));
+    assert_eq!(total(store.run_status(&run, now + 6).await.expect("status")), (Some(12), Some(now)));
+    // The run record is not a job of the run.
+    let st = store.run_status(&run, now + 7).await.expect("status");
+    assert_eq!((st.completed, st.failed, st.in_progress), (0, 0, 0));
+    common::delete_table(&cfg, &table).await;
+}
+
+#[tokio::test]
+async fn a_table_without_the_run_index_fails_status_naming_the_index() {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    let cfg = config().await;
+    let ddb = cfg.dynamodb();
+    let table = common::unique("oldtable");
+    ddb.create_table()
+        .table_name(&table)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("job_id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("definition"),
+        )
+        .key_schema(KeySchemaElement::builder().attribute_name("job_id").key_type(KeyType::Hash).build().expect("key"))
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("create an index-less table");
+    let store = DynamoOutcomeStore::new(ddb.clone(), &table, counters());
+    assert!(!has_run_index(&ddb, &table, &counters()).await.expect("describe"));
+    match store.run_status("r", now_ms()).await {
+        Err(ServiceError::Permanent { message, .. }) => {
+            assert!(message.contains(RUN_INDEX) && message.contains(&table), "{message}")
+        }
+        other => panic!("expected a permanent error naming the index, got {other:?}"),
+    }
+    common::delete_table(&cfg, &table).await;
+}
