@@ -5,15 +5,16 @@
 #   make test         unit, property, doc and emulator tests (ministack)
 #   make test-moto    the same against moto
 #   make fmt | lint   rustfmt; rustfmt --check + clippy -D warnings
+#   make validate-deploy  offline lint/schema checks of deploy/ and docker-compose.yml (~5 s warm)
 
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: test test-moto nextest fmt lint
+.PHONY: test test-moto nextest fmt lint validate-deploy
 
 # Doc tests need no emulator; the nextest build comes first so the emulator
 # does not idle through compilation.
-test: nextest
+test: validate-deploy nextest
 	$(CARGO) test --workspace --doc
 	$(CARGO) nextest run --workspace --no-run
 	scripts/with-stack.sh $(CARGO) nextest run --workspace --no-fail-fast
@@ -24,6 +25,11 @@ test-moto:
 # cargo-nextest is installed only when missing (CI caches ~/.cargo/bin).
 nextest:
 	@command -v cargo-nextest >/dev/null || $(CARGO) install cargo-nextest --locked
+
+# hadolint, compose-spec schema, kustomize + kubernetes-validate + KEDA CRD
+# schema, cfn-lint, parliament; see scripts/validate-deploy.sh.
+validate-deploy:
+	scripts/validate-deploy.sh
 
 fmt:
 	$(CARGO) fmt --all
