@@ -20,6 +20,8 @@ CONTRACT = {
     "SCOREFLEET_INPUT_QUEUE_URL", "SCOREFLEET_OUTPUT_QUEUE_URL", "SCOREFLEET_TABLE", "SCOREFLEET_MODEL",
     "SCOREFLEET_MODEL_WEIGHTS", "SCOREFLEET_DRAIN_TIMEOUT", "SCOREFLEET_MAX_BATCH", "SCOREFLEET_RECEIVERS",
     "SCOREFLEET_HTTP_ADDR", "SCOREFLEET_LOG_FORMAT", "SCOREFLEET_S3_PATH_STYLE", "SCOREFLEET_S3_PREFIX",
+    # crates/worker/src/main.rs (worker engineer, in progress)
+    "SCOREFLEET_MODEL_MANIFEST", "SCOREFLEET_MODEL_CACHE", "SCOREFLEET_LEASE_SECONDS", "SCOREFLEET_WORKER_ID",
 }
 SQS_KEYS = {"queueURL", "queueURLFromEnv", "queueLength", "activationQueueLength", "awsRegion", "awsEndpoint",
             "identityOwner", "awsRoleArn", "scaleOnInFlight", "scaleOnDelayed"}
@@ -50,11 +52,15 @@ def main():
     w = compose["services"]["worker"]
     env = w["environment"]
     drain = int(env["SCOREFLEET_DRAIN_TIMEOUT"])
+    leases = [int(env["SCOREFLEET_LEASE_SECONDS"])]
+    init_cmd = compose["services"]["init"]["command"]
+    leases.append(int(init_cmd[init_cmd.index("--visibility-timeout") + 1]))
     check(seconds(w["stop_grace_period"]) > drain,
           f"compose: stop_grace_period {w['stop_grace_period']} > drain {drain}s")
     names = set(env) | set(compose["x-scorefleet-env"])
     for s in compose["services"].values():
         names |= set(s.get("environment") or {})
+    names.discard("<<")
     names = {n for n in names if n.startswith("SCOREFLEET_")}
     check(names <= CONTRACT, f"compose: SCOREFLEET_* names in the contract {sorted(names - CONTRACT) or ''}")
 
@@ -67,6 +73,7 @@ def main():
         cm_names = {k for k in cm if k.startswith("SCOREFLEET_")}
         check(cm_names <= CONTRACT, f"{path}: ConfigMap names in the contract {sorted(cm_names - CONTRACT) or ''}")
         drain, batch = int(cm["SCOREFLEET_DRAIN_TIMEOUT"]), int(cm["SCOREFLEET_MAX_BATCH"])
+        leases.append(int(cm["SCOREFLEET_LEASE_SECONDS"]))
         pod = by_kind["Deployment"][0]["spec"]["template"]["spec"]
         pre = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
         grace = pod["terminationGracePeriodSeconds"]
@@ -96,7 +103,10 @@ def main():
 
     cfn = yaml.load(open("deploy/cloudformation.yaml"), Loader=CfnLoader)
     p = cfn["Parameters"]
-    check(int(p["VisibilityTimeout"]["Default"]) >= 30, "cloudformation: input visibility >= 30 s")
+    vis = int(p["VisibilityTimeout"]["Default"])
+    check(vis >= 30, "cloudformation: input visibility >= 30 s")
+    check(leases and all(lease == vis for lease in leases),
+          f"SCOREFLEET_LEASE_SECONDS {sorted(set(leases))} == input queue VisibilityTimeout {vis}")
     check(int(p["MaxReceiveCount"]["Default"]) == 5, "cloudformation: maxReceiveCount 5 (as provision)")
     t = cfn["Resources"]["OutcomeTable"]["Properties"]
     check(t["BillingMode"] == "PAY_PER_REQUEST" and t["TimeToLiveSpecification"]["AttributeName"] == "expires_at",
