@@ -88,6 +88,46 @@ if ((${#rendered[@]})); then
     step "cross-file invariants" "$PY" deploy/tools/check_invariants.py "${rendered[@]}"
 fi
 
+# Canaries: each validator must refuse a known-bad mutation, or a silent
+# loosening (a schema that no longer rejects unknown keys, a linter that
+# no longer runs) would let every check above pass vacuously.
+expect_fail() {
+    local name="$1"
+    shift
+    echo "== canary: $name"
+    if "$@" >/dev/null 2>&1; then
+        echo "   FAILED: the validator accepted a broken input"
+        failed+=("canary $name")
+    else
+        echo "   ok (refused)"
+    fi
+}
+C="$WORK/canary"
+mkdir -p "$C"
+# mutate SRC DST SED-SCRIPT: a mutation that no longer matches is a failure too.
+mutate() {
+    sed "$3" "$1" >"$2"
+    if cmp -s "$1" "$2"; then
+        echo "   FAILED: canary mutation of $1 matched nothing"
+        failed+=("canary mutation $1")
+    fi
+}
+mutate docker-compose.yml "$C/compose.yml" 's/stop_grace_period:/stop_grace_periodd:/'
+expect_fail "compose unknown key" "$BIN/check-jsonschema" --builtin-schema vendor.compose-spec "$C/compose.yml"
+mutate deploy/Dockerfile "$C/Dockerfile" 's/^USER 10001:10001$/USER 10001:10001\nRUN cd \/tmp/'
+expect_fail "hadolint cd" "$BIN/hadolint" "$C/Dockerfile"
+mutate deploy/cloudformation.yaml "$C/cfn.yaml" 's/BatchGetItem$/BatchGetItems/'
+expect_fail "cfn-lint unknown IAM action" "$BIN/cfn-lint" "$C/cfn.yaml"
+expect_fail "parliament unknown IAM action" "$PY" deploy/tools/iam_policies.py "$C/cfn.yaml"
+if ((${#rendered[@]})); then
+    mutate "${rendered[0]}" "$C/k8s.yaml" \
+        's/pollingInterval:/pollingIntervall:/; s/terminationGracePeriodSeconds:/terminationGracePeriodSecond:/'
+    "$PY" deploy/tools/k8s_prepare.py "$C/k8s.yaml" "$C/k8s" deploy/schemas/keda.sh_*.yaml >/dev/null
+    expect_fail "kubernetes-validate unknown key" "$BIN/kubernetes-validate" --strict --quiet "$C/k8s/builtin.yaml"
+    expect_fail "KEDA schema unknown key" "$BIN/check-jsonschema" \
+        --schemafile "$C/k8s/ScaledObject.schema.json" "$C/k8s/ScaledObject-1.yaml"
+fi
+
 if ((${#failed[@]})); then
     echo "validate-deploy: ${#failed[@]} failed: ${failed[*]}" >&2
     exit 1

@@ -64,8 +64,9 @@ def main():
     names = {n for n in names if n.startswith("SCOREFLEET_")}
     check(names <= CONTRACT, f"compose: SCOREFLEET_* names in the contract {sorted(names - CONTRACT) or ''}")
 
-    for path in sys.argv[1:]:
-        docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    for rendered in sys.argv[1:]:
+        docs = [d for d in yaml.safe_load_all(open(rendered)) if d]
+        path = rendered.rsplit("/", 1)[-1].removesuffix(".yaml")
         by_kind = {}
         for d in docs:
             by_kind.setdefault(d["kind"], []).append(d)
