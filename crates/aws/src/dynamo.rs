@@ -61,13 +61,30 @@ pub struct DynamoOutcomeStore {
     counters: Arc<ApiCounters>,
     /// Retries of BatchGetItem's unprocessed keys.
     backoff: Backoff,
+    /// Items per run-status `Query` page; `None`: DynamoDB's 1 MB pages.
+    status_page_size: Option<i32>,
 }
 
 impl DynamoOutcomeStore {
     /// The store over `table` (created by [`crate::provision`]), with the
     /// default TTL of 7 days.
     pub fn new(client: aws_sdk_dynamodb::Client, table: impl Into<String>, counters: Arc<ApiCounters>) -> Self {
-        Self { client, table: table.into(), ttl: DEFAULT_TTL, counters, backoff: Backoff::default() }
+        Self {
+            client,
+            table: table.into(),
+            ttl: DEFAULT_TTL,
+            counters,
+            backoff: Backoff::default(),
+            status_page_size: None,
+        }
+    }
+
+    /// Caps the items per page of [`run_status`](Self::run_status)'s
+    /// `Query`. Only useful to exercise pagination without a megabyte of
+    /// items; a smaller page costs more requests and the same read units.
+    pub fn with_status_page_size(mut self, items: i32) -> Self {
+        self.status_page_size = Some(items.max(1));
+        self
     }
 
     /// Sets the record lifetime.

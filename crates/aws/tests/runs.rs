@@ -172,3 +172,27 @@ async fn a_table_without_the_run_index_fails_status_naming_the_index() {
     }
     common::delete_table(&cfg, &table).await;
 }
+
+#[tokio::test]
+async fn run_status_reads_every_page() {
+    let cfg = config().await;
+    let c = counters();
+    let table = common::table(&cfg, "runpages").await;
+    // Pages of 3 items: 11 jobs take 4 pages (5 when the last page is full
+    // and the service only learns on the next request that nothing is left).
+    let store = DynamoOutcomeStore::new(cfg.dynamodb(), &table, c.clone()).with_status_page_size(3);
+    let run = common::unique("r");
+    let now = now_ms();
+    for i in 0..11 {
+        let id = JobId::parse(&common::unique(&format!("p{i}"))).expect("id");
+        let f = claim(&store, &id, &run, "w", now).await;
+        if i % 2 == 0 {
+            store.finish(&id, &f, Terminal::Completed, "{}", now).await.expect("finish").expect("ours");
+        }
+    }
+    let before = c.get("Query");
+    let st = store.run_status(&run, now_ms()).await.expect("status");
+    assert_eq!((st.completed, st.in_progress), (6, 5));
+    assert!((4..=5).contains(&(c.get("Query") - before)), "{} pages", c.get("Query") - before);
+    common::delete_table(&cfg, &table).await;
+}

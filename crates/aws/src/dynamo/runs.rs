@@ -152,6 +152,7 @@ impl DynamoOutcomeStore {
                 .expression_attribute_names("#st", "status")
                 .expression_attribute_names("#fin", "finished_ms")
                 .expression_attribute_values(":run", s(run_id))
+                .set_limit(self.status_page_size)
                 .set_exclusive_start_key(start.take())
                 .send()
                 .await;
