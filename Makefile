@@ -5,12 +5,14 @@
 #   make test         unit, property, doc and emulator tests (ministack)
 #   make test-moto    the same against moto
 #   make fmt | lint   rustfmt; rustfmt --check + clippy -D warnings
+#   make demo         the demo: local emulator, bundled model, sample archive, summary
+#   make demo-ci      a smaller demo on the debug build, asserting on its summary
 #   make validate-deploy  offline lint/schema checks of deploy/ and docker-compose.yml (~5 s warm)
 
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: test test-moto nextest fmt lint validate-deploy
+.PHONY: test test-moto nextest fmt lint validate-deploy demo demo-ci
 
 # Doc tests need no emulator; the nextest build comes first so the emulator
 # does not idle through compilation.
@@ -18,6 +20,18 @@ test: validate-deploy nextest
 	$(CARGO) test --workspace --doc
 	$(CARGO) nextest run --workspace --no-run
 	scripts/with-stack.sh $(CARGO) nextest run --workspace --no-fail-fast
+
+# Release binaries for honest throughput figures; everything else (venv,
+# emulator, queues, table, bucket, archive) is set up by the scripts.
+demo:
+	$(CARGO) build --release -p scorefleet-worker -p scorefleet-producer
+	scripts/with-stack.sh scripts/demo.sh
+
+# The debug build `make test` already made (dependencies are optimised), 300
+# digits, and a check of the summary: CI runs this after the tests.
+demo-ci:
+	$(CARGO) build -p scorefleet-worker -p scorefleet-producer
+	DEMO_PROFILE=debug DEMO_COUNT=300 DEMO_CHECK=1 DEMO_OUT=out/demo-ci scripts/with-stack.sh scripts/demo.sh
 
 test-moto:
 	SCOREFLEET_EMULATOR=moto $(MAKE) --no-print-directory test

@@ -7,7 +7,8 @@
 # one JSON object.
 #
 # Environment: DEMO_COUNT (digits, default 2000), DEMO_WORKERS (default 2),
-# DEMO_TIMEOUT_S (default 600), DEMO_OUT (default out/demo).
+# DEMO_TIMEOUT_S (default 600), DEMO_OUT (default out/demo), DEMO_PROFILE
+# (cargo profile directory of the binaries: release, or debug in CI).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,7 +18,7 @@ COUNT="${DEMO_COUNT:-2000}"
 WORKERS="${DEMO_WORKERS:-2}"
 TIMEOUT_S="${DEMO_TIMEOUT_S:-600}"
 OUT="${DEMO_OUT:-out/demo}"
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/release"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/${DEMO_PROFILE:-release}"
 PREFIX="demo-$(date -u +%Y%m%d%H%M%S)-$$"
 RUN_ID="demo-$(date -u +%Y-%m-%dT%H-%M-%S)"
 
@@ -48,13 +49,14 @@ started=$(date +%s.%N)
 log "starting $WORKERS workers"
 for i in $(seq 1 "$WORKERS"); do
     SCOREFLEET_WORKER_ID="demo-worker-$i" SCOREFLEET_HTTP_ADDR="127.0.0.1:0" \
-        "$BIN/scorefleet-worker" --model digits --model-weights models/digits \
+        "$BIN/scorefleet-worker" --model digits --model-cache "$OUT/model-cache" \
         >"$OUT/worker-$i.log" 2>&1 &
     worker_pids+=("$!")
 done
 
 log "enqueueing run $RUN_ID"
-"$BIN/scorefleet-producer" enqueue --manifest "$OUT/manifest.csv" --run-id "$RUN_ID" --json >"$OUT/enqueue.json"
+"$BIN/scorefleet-producer" enqueue --manifest "$OUT/manifest.csv" --run-id "$RUN_ID" --table "$SCOREFLEET_TABLE" \
+    --json >"$OUT/enqueue.json"
 total=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["enqueued"])' "$OUT/enqueue.json")
 log "enqueued $total jobs; collecting results as they arrive"
 
@@ -75,12 +77,13 @@ stop_workers
 
 "$BIN/scorefleet-producer" report --in "$OUT/results.jsonl" --out "$OUT/report.html" \
     --title "scorefleet demo: $RUN_ID" --json >"$OUT/report.json"
-"$BIN/scorefleet-producer" status --run-id "$RUN_ID" --json >"$OUT/status.json" 2>/dev/null || true
+"$BIN/scorefleet-producer" status --table "$SCOREFLEET_TABLE" --run-id "$RUN_ID" --json >"$OUT/status.json"
 
-python3 - "$OUT" "$started" "$finished" "$total" <<'PY'
-import json, sys
+DEMO_COUNT_USED="$COUNT" python3 - "$OUT" "$started" "$finished" "$total" <<'PY'
+import json, os, sys
 out, started, finished, total = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 r = json.load(open(f"{out}/report.json"))
+st = json.load(open(f"{out}/status.json"))
 wall = finished - started
 summary = {
     "jobs": total,
@@ -91,6 +94,7 @@ summary = {
     "accuracy": r["accuracy"],
     "images_per_s": round(r["jobs"] / wall, 1) if wall > 0 else None,
     "wall_s": round(wall, 1),
+    "stored_outcomes": st.get("completed", 0) + st.get("failed", 0),
     "report": r["report"],
 }
 print(f"jobs {total}: {r['succeeded']} succeeded, {r['failed']} failed {r['errors_by_kind']}", file=sys.stderr)
@@ -98,4 +102,22 @@ acc = r["accuracy"]
 print(f"accuracy {acc * 100:.2f}% on {r['succeeded']} labelled digits" if acc is not None else "accuracy: n/a", file=sys.stderr)
 print(f"{summary['images_per_s']} images/s end to end ({wall:.1f} s); report: {r['report']}", file=sys.stderr)
 print(json.dumps(summary))
+if os.environ.get("DEMO_CHECK"):
+    # CI: every job has exactly one stored outcome and a result, the broken
+    # files fail with their typed errors, and the digits score as offline.
+    digits = int(os.environ["DEMO_COUNT_USED"])
+    problems = []
+    if r["jobs"] != total or summary["stored_outcomes"] != total:
+        problems.append(f"{total} jobs but {r['jobs']} results and {summary['stored_outcomes']} stored outcomes")
+    if r["succeeded"] != digits:
+        problems.append(f"{r['succeeded']} of {digits} digits scored")
+    want = {"decode": 2, "too_large": 2, "fetch_not_found": 1}
+    if r["errors_by_kind"] != want:
+        problems.append(f"errors {r['errors_by_kind']}, expected {want}")
+    if acc is None or acc < 0.98:
+        problems.append(f"accuracy {acc}")
+    if problems:
+        print("demo check failed: " + "; ".join(problems), file=sys.stderr)
+        sys.exit(1)
+    print("demo check passed", file=sys.stderr)
 PY
