@@ -1,1 +1,32 @@
-//! placeholder
+//! scorefleet's burn classifiers: the networks, their preprocessing, their
+//! weights and identity, and the [`scorefleet_core::traits::Predictor`] /
+//! [`scorefleet_core::traits::Preprocessor`] implementations the worker runs.
+//!
+//! # Layout
+//! - [`backend`]: which burn backend (Cargo feature) runs the model, as a [`burn::tensor::Device`].
+//! - [`manifest`]: the small JSON file that describes a model (input shape, normalisation, labels, weights, sha256).
+//! - [`weights`]: weights from a local path or `s3://` URL, cached on disk, verified by sha256.
+//! - [`preprocess`]: encoded bytes → [`scorefleet_core::traits::Chw`], with decompression-bomb limits.
+//! - [`digits`], [`resnet`]: the networks.
+//! - [`predictor`]: a loaded model: softmax, top-k, the core traits.
+//! - [`mnist`], [`train`]: the IDX reader and the training/evaluation loops.
+#![warn(missing_docs)]
+
+pub mod backend;
+pub mod bench;
+pub mod digits;
+pub mod error;
+pub mod manifest;
+pub mod mnist;
+pub mod predictor;
+pub mod preprocess;
+pub mod resnet;
+pub mod train;
+pub mod weights;
+
+pub use backend::BackendKind;
+pub use error::ModelError;
+pub use manifest::Manifest;
+pub use predictor::{BurnPredictor, LoadedModel, Network, load_model, load_model_from_bytes};
+pub use preprocess::{ImagePreprocessor, Limits};
+pub use weights::{WeightsFetcher, WeightsSource, resolve_weights, sha256_hex};

@@ -1,0 +1,318 @@
+//! Encoded image bytes → model input ([`Chw`]).
+//!
+//! PNG, JPEG, WebP, GIF (first frame) and BMP through the `image` crate. The
+//! encoded size is checked first, then the dimensions read from the header
+//! alone, and only then is the image decoded, under `image`'s own allocation
+//! limits as a second fence: a small file that claims 100000×100000 pixels is
+//! refused with `too_large` without allocating its pixels.
+//!
+//! Then: colour conversion (grayscale or RGB), a resize to the model's input
+//! size (triangle filter, aspect ratio not kept; skipped when the size already
+//! matches, so an MNIST image encoded as PNG gives exactly the training
+//! tensor), optional inversion, per-channel normalisation.
+
+use crate::manifest::{Channels, Manifest};
+use image::imageops::FilterType;
+use image::{DynamicImage, ImageError, ImageReader};
+use scorefleet_core::error::{ErrorKind, JobError};
+use scorefleet_core::traits::{Chw, Preprocessor};
+use std::io::Cursor;
+
+/// Limits on untrusted images.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest encoded object accepted, in bytes.
+    pub max_encoded_bytes: usize,
+    /// Largest decoded image accepted, in pixels (width × height).
+    pub max_pixels: u64,
+}
+
+impl Default for Limits {
+    /// 20 MB encoded, 40 megapixels decoded (a 6000×6000 photo fits; RGBA8 at 40 MP is 160 MB).
+    fn default() -> Self {
+        Self { max_encoded_bytes: 20 << 20, max_pixels: 40_000_000 }
+    }
+}
+
+/// Decodes and preprocesses images for one model.
+#[derive(Debug, Clone)]
+pub struct ImagePreprocessor {
+    /// `[channels, height, width]` produced.
+    shape: [usize; 3],
+    channels: Channels,
+    mean: Vec<f32>,
+    std: Vec<f32>,
+    invert: bool,
+    limits: Limits,
+}
+
+impl ImagePreprocessor {
+    /// The preprocessing a manifest describes (the manifest was checked on load).
+    pub fn from_manifest(manifest: &Manifest, limits: Limits) -> Self {
+        Self {
+            shape: manifest.input_shape,
+            channels: manifest.channels,
+            mean: manifest.mean.clone(),
+            std: manifest.std.clone(),
+            invert: manifest.invert,
+            limits,
+        }
+    }
+
+    /// The `[channels, height, width]` this produces.
+    pub fn shape(&self) -> [usize; 3] {
+        self.shape
+    }
+
+    /// Decodes under the limits, without any model-specific step.
+    pub fn decode(&self, bytes: &[u8]) -> Result<DynamicImage, JobError> {
+        decode_limited(bytes, self.limits)
+    }
+}
+
+/// Decodes `bytes`, checking the encoded size and the header's dimensions before decoding.
+pub fn decode_limited(bytes: &[u8], limits: Limits) -> Result<DynamicImage, JobError> {
+    if bytes.len() > limits.max_encoded_bytes {
+        return Err(JobError::new(
+            ErrorKind::TooLarge,
+            format!("{} encoded bytes, limit {}", bytes.len(), limits.max_encoded_bytes),
+        ));
+    }
+    if bytes.is_empty() {
+        return Err(JobError::new(ErrorKind::Decode, "empty object"));
+    }
+    let reader = || -> Result<ImageReader<Cursor<&[u8]>>, JobError> {
+        let r = ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| JobError::new(ErrorKind::Decode, format!("reading the header: {e}")))?;
+        if r.format().is_none() {
+            return Err(JobError::new(ErrorKind::Decode, "not a PNG, JPEG, WebP, GIF or BMP image"));
+        }
+        Ok(r)
+    };
+    let (w, h) = reader()?.into_dimensions().map_err(to_job_error)?;
+    let pixels = w as u64 * h as u64;
+    if pixels > limits.max_pixels {
+        return Err(JobError::new(
+            ErrorKind::TooLarge,
+            format!("{w}×{h} = {pixels} pixels, limit {}", limits.max_pixels),
+        ));
+    }
+    if pixels == 0 {
+        return Err(JobError::new(ErrorKind::Decode, format!("{w}×{h} image")));
+    }
+    let mut r = reader()?;
+    let mut lim = image::Limits::default();
+    lim.max_image_width = Some(w);
+    lim.max_image_height = Some(h);
+    // Room for 16-bit RGBA plus the decoder's working buffers.
+    lim.max_alloc = Some(pixels.saturating_mul(8).saturating_add(64 << 20));
+    r.limits(lim);
+    r.decode().map_err(to_job_error)
+}
+
+fn to_job_error(e: ImageError) -> JobError {
+    match e {
+        ImageError::Limits(l) => JobError::new(ErrorKind::TooLarge, format!("decoder limit: {l}")),
+        other => JobError::new(ErrorKind::Decode, other.to_string()),
+    }
+}
+
+impl Preprocessor for ImagePreprocessor {
+    fn preprocess(&self, bytes: &[u8]) -> Result<Chw, JobError> {
+        let img = self.decode(bytes)?;
+        Ok(self.to_chw(img))
+    }
+}
+
+impl ImagePreprocessor {
+    /// Colour conversion, resize and normalisation of a decoded image.
+    pub fn to_chw(&self, img: DynamicImage) -> Chw {
+        let [c, h, w] = self.shape;
+        let (tw, th) = (w as u32, h as u32);
+        let mut data = vec![0f32; c * h * w];
+        let norm = |ch: usize, p: u8| {
+            let v = p as f32 / 255.0;
+            let v = if self.invert { 1.0 - v } else { v };
+            (v - self.mean[ch]) / self.std[ch]
+        };
+        match self.channels {
+            Channels::Grayscale => {
+                let mut g = img.to_luma8();
+                if g.dimensions() != (tw, th) {
+                    g = image::imageops::resize(&g, tw, th, FilterType::Triangle);
+                }
+                for (d, p) in data.iter_mut().zip(g.as_raw()) {
+                    *d = norm(0, *p);
+                }
+            }
+            Channels::Rgb => {
+                let mut rgb = img.to_rgb8();
+                if rgb.dimensions() != (tw, th) {
+                    rgb = image::imageops::resize(&rgb, tw, th, FilterType::Triangle);
+                }
+                let plane = h * w;
+                for (i, px) in rgb.as_raw().chunks_exact(3).enumerate() {
+                    for ch in 0..3 {
+                        data[ch * plane + i] = norm(ch, px[ch]);
+                    }
+                }
+            }
+        }
+        Chw { shape: self.shape, data }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::{ImageBuffer, ImageFormat, Luma, Rgb, Rgba};
+
+    fn gray28() -> ImagePreprocessor {
+        ImagePreprocessor {
+            shape: [1, 28, 28],
+            channels: Channels::Grayscale,
+            mean: vec![0.5],
+            std: vec![0.5],
+            invert: false,
+            limits: Limits::default(),
+        }
+    }
+
+    fn rgb(side: usize) -> ImagePreprocessor {
+        ImagePreprocessor {
+            shape: [3, side, side],
+            channels: Channels::Rgb,
+            mean: vec![0.0; 3],
+            std: vec![1.0; 3],
+            invert: false,
+            limits: Limits::default(),
+        }
+    }
+
+    fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {
+        let mut out = Cursor::new(Vec::new());
+        img.write_to(&mut out, format).expect("encode");
+        out.into_inner()
+    }
+
+    fn png_gray(w: u32, h: u32, v: u8) -> Vec<u8> {
+        encode(&DynamicImage::ImageLuma8(ImageBuffer::from_pixel(w, h, Luma([v]))), ImageFormat::Png)
+    }
+
+    fn chunk(kind: &[u8; 4], data: &[u8]) -> Vec<u8> {
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        let mut c = (data.len() as u32).to_be_bytes().to_vec();
+        c.extend_from_slice(kind);
+        c.extend_from_slice(data);
+        c.extend_from_slice(&crc.sum().to_be_bytes());
+        c
+    }
+
+    /// A PNG whose IHDR claims `w`×`h` RGBA8 pixels, with one tiny IDAT and no real data.
+    fn png_header_only(w: u32, h: u32) -> Vec<u8> {
+        let mut ihdr = w.to_be_bytes().to_vec();
+        ihdr.extend_from_slice(&h.to_be_bytes());
+        ihdr.extend_from_slice(&[8, 6, 0, 0, 0]);
+        let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+        png.extend(chunk(b"IHDR", &ihdr));
+        png.extend(chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]));
+        png.extend(chunk(b"IEND", &[]));
+        png
+    }
+
+    #[test]
+    fn a_png_of_the_right_size_is_normalised_without_resizing() {
+        let chw = gray28().preprocess(&png_gray(28, 28, 255)).expect("decode");
+        assert_eq!(chw.shape, [1, 28, 28]);
+        assert_eq!(chw.data.len(), 784);
+        assert!(chw.data.iter().all(|v| (*v - 1.0).abs() < 1e-6), "(1 - 0.5) / 0.5 = 1");
+    }
+
+    #[test]
+    fn a_one_pixel_image_is_resized_to_the_input() {
+        let chw = rgb(8).preprocess(&png_gray(1, 1, 0)).expect("decode");
+        assert_eq!(chw.shape, [3, 8, 8]);
+        assert!(chw.data.iter().all(|v| v.abs() < 1e-6));
+    }
+
+    #[test]
+    fn rgb_planes_are_channel_major() {
+        let img = DynamicImage::ImageRgb8(ImageBuffer::from_pixel(4, 4, Rgb([255, 0, 51])));
+        let chw = rgb(4).preprocess(&encode(&img, ImageFormat::Png)).expect("decode");
+        assert!(chw.data[..16].iter().all(|v| (*v - 1.0).abs() < 1e-6));
+        assert!(chw.data[16..32].iter().all(|v| v.abs() < 1e-6));
+        assert!(chw.data[32..].iter().all(|v| (*v - 0.2).abs() < 1e-6));
+    }
+
+    #[test]
+    fn jpeg_webp_bmp_and_gif_decode() {
+        let img = DynamicImage::ImageRgb8(ImageBuffer::from_pixel(16, 16, Rgb([200, 200, 200])));
+        for format in [ImageFormat::Jpeg, ImageFormat::WebP, ImageFormat::Bmp, ImageFormat::Gif] {
+            let bytes = encode(&img, format);
+            let chw = rgb(16).preprocess(&bytes).unwrap_or_else(|e| panic!("{format:?}: {e}"));
+            assert!(chw.data.iter().all(|v| (*v - 200.0 / 255.0).abs() < 0.05), "{format:?}");
+        }
+    }
+
+    #[test]
+    fn sixteen_bit_png_decodes_to_the_same_scale() {
+        let img = DynamicImage::ImageLuma16(ImageBuffer::from_pixel(28, 28, Luma([65535u16])));
+        let chw = gray28().preprocess(&encode(&img, ImageFormat::Png)).expect("decode");
+        assert!(chw.data.iter().all(|v| (*v - 1.0).abs() < 1e-6));
+    }
+
+    #[test]
+    fn an_animated_gif_gives_its_first_frame() {
+        use image::Frame;
+        use image::codecs::gif::GifEncoder;
+        let mut bytes = Vec::new();
+        {
+            let mut enc = GifEncoder::new(&mut bytes);
+            let red = Frame::new(ImageBuffer::from_pixel(4, 4, Rgba([255, 0, 0, 255])));
+            let blue = Frame::new(ImageBuffer::from_pixel(4, 4, Rgba([0, 0, 255, 255])));
+            enc.encode_frames([red, blue]).expect("gif");
+        }
+        let chw = rgb(4).preprocess(&bytes).expect("decode");
+        assert!(chw.data[..16].iter().all(|v| *v > 0.9), "red plane of the first frame");
+        assert!(chw.data[32..].iter().all(|v| *v < 0.1), "no blue from the second frame");
+    }
+
+    #[test]
+    fn truncated_text_and_empty_bytes_are_decode_errors() {
+        let png = png_gray(28, 28, 10);
+        for bad in [&png[..png.len() / 2], b"hello, I am not an image".as_slice(), &[], &[0u8; 64]] {
+            let err = gray28().preprocess(bad).expect_err("must fail");
+            assert_eq!(err.kind, ErrorKind::Decode, "{err}");
+        }
+    }
+
+    #[test]
+    fn a_huge_header_is_too_large_before_any_decode() {
+        let bomb = png_header_only(100_000, 100_000);
+        assert!(bomb.len() < 100);
+        let err = gray28().preprocess(&bomb).expect_err("must refuse");
+        assert_eq!(err.kind, ErrorKind::TooLarge, "{err}");
+        assert!(err.message.contains("100000×100000"), "{err}");
+    }
+
+    #[test]
+    fn encoded_size_limit_is_checked_first() {
+        let mut pre = gray28();
+        pre.limits.max_encoded_bytes = 10;
+        let err = pre.preprocess(&png_gray(28, 28, 0)).expect_err("too big");
+        assert_eq!(err.kind, ErrorKind::TooLarge);
+    }
+
+    #[test]
+    fn pixel_limit_refuses_a_real_image_just_over_it() {
+        let mut pre = gray28();
+        pre.limits.max_pixels = 28 * 28 - 1;
+        let err = pre.preprocess(&png_gray(28, 28, 0)).expect_err("too many pixels");
+        assert_eq!(err.kind, ErrorKind::TooLarge);
+        pre.limits.max_pixels = 28 * 28;
+        assert!(pre.preprocess(&png_gray(28, 28, 0)).is_ok());
+    }
+}
