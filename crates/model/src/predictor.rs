@@ -31,9 +31,9 @@ use std::path::Path;
 #[derive(Debug, Clone)]
 pub enum Network {
     /// The MNIST CNN.
-    Digits(DigitsNet),
+    Digits(Box<DigitsNet>),
     /// ResNet-18, BatchNorm folded.
-    ResNet18(ResNet18),
+    ResNet18(Box<ResNet18>),
 }
 
 impl Network {
@@ -52,12 +52,12 @@ impl Network {
                 }
                 let mut net = DigitsNet::new(device);
                 weights::load_pytorch_safetensors(&mut net, bytes, source_name)?;
-                Ok(Network::Digits(net))
+                Ok(Network::Digits(Box::new(net)))
             }
             "resnet18" => {
                 let mut raw = ResNet18Raw::new(classes, device);
                 raw.load_pytorch(bytes, source_name)?;
-                Ok(Network::ResNet18(raw.fold()))
+                Ok(Network::ResNet18(Box::new(raw.fold())))
             }
             other => Err(ModelError::Invalid(format!("unknown architecture {other:?} (digits, resnet18)"))),
         }

@@ -69,9 +69,13 @@ fn png_bytes_through_the_preprocessor_and_predictor_give_the_labels() {
     assert!(predictor.predict(&[], 1).expect("empty").is_empty());
 }
 
+/// `((bucket, key), bytes)`.
+type Objects = Vec<((String, String), Vec<u8>)>;
+
 /// An in-memory S3 that counts its GETs.
+#[derive(Debug)]
 struct FakeS3 {
-    objects: Mutex<Vec<((String, String), Vec<u8>)>>,
+    objects: Mutex<Objects>,
     gets: AtomicUsize,
 }
 
