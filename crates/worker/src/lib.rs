@@ -1,1 +1,51 @@
-//! placeholder
+//! # scorefleet-worker
+//!
+//! The fleet's unit: long-polls SQS, claims each job in DynamoDB, fetches and
+//! decodes its image, batches images across messages, runs the burn model on
+//! a dedicated thread, records the outcome (fenced), sends one result per job
+//! and deletes the input messages. Generic over the `scorefleet-core` ports,
+//! so the same pipeline runs on the AWS adapters and on in-memory fakes.
+//!
+//! # Layout
+//!
+//! The modules follow a job through the pipeline; every arrow is a bounded
+//! channel, so memory is set by configuration, not by queue depth:
+//!
+//! ```text
+//! receive → dedup → fetch (+ decode) → batch → infer → record → emit
+//!                         ↑ lease keeps every claimed job alive ↑
+//! ```
+//!
+//! - [`pipeline`]: settings, ports, the channels between the stages, `run`.
+//! - [`receive`]: N concurrent long polls.
+//! - [`dedup`]: parse and claim; Done → re-send and delete, Busy → leave.
+//! - [`fetch`]: job URL → bytes: S3 (bucket allowlist) and `http(s)` behind
+//!   the SSRF guard ([`fetch::ssrf`], [`fetch::http`]); the fetch stage.
+//! - [`decode`]: bytes → model input on the blocking pool.
+//! - [`batch`]: async driver of the core batching policy.
+//! - [`infer`]: the inference thread that owns the predictor.
+//! - [`record`]: the fenced finish.
+//! - [`emit`]: results ×10, then deletes ×10.
+//! - [`lease`]: the in-flight registry and the lease keeper (SQS visibility
+//!   and DynamoDB lease extended together; a lost lease is abandoned).
+//! - [`shutdown`]: signals, drain limit, giving back unstarted work.
+//! - [`metrics`], [`http`]: Prometheus counters; `/healthz`, `/readyz`,
+//!   `/metrics`.
+#![warn(missing_docs)]
+
+pub mod batch;
+pub mod decode;
+pub mod dedup;
+pub mod emit;
+pub mod fetch;
+pub mod http;
+pub mod infer;
+pub mod lease;
+pub mod metrics;
+pub mod pipeline;
+pub mod receive;
+pub mod record;
+pub mod shutdown;
+
+#[cfg(test)]
+mod tests;

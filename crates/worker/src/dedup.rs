@@ -1,0 +1,173 @@
+//! Dedup: parse each message and claim its job in the outcome table.
+//!
+//! - `Claimed`/`TakenOver` → the job goes on to fetch (or, for a body that is
+//!   broken but names a job id, straight to record as `invalid_message`).
+//! - `Busy` → another live lease holds it: leave the message, its visibility
+//!   brings it back. When the live lease is *ours* for the same message (SQS
+//!   redelivered it while we work on it), the newer receipt handle replaces
+//!   the old one, so the final delete uses a handle SQS still honours.
+//! - `Done` → no recompute: the stored result is re-sent and the message
+//!   deleted (the first worker may have died between finish and send).
+//! - Unparsable without a job id → left to the queue's redrive policy (DLQ).
+
+use crate::lease::InFlight;
+use crate::metrics::Stage;
+use crate::pipeline::{Ctx, Emit, Job, Outcome, backoff, failure};
+use scorefleet_core::error::{ErrorKind, JobError};
+use scorefleet_core::job::JobMessage;
+use scorefleet_core::lease::ClaimOutcome;
+use scorefleet_core::traits::{JobQueue, OutcomeStore, Received, now_ms};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Claims every message of each receive batch, concurrently, and routes it.
+pub(crate) async fn run<Q, S, O, F, P>(
+    ctx: Arc<Ctx<Q, S, O, F, P>>,
+    mut rx: mpsc::Receiver<Vec<Received>>,
+    fetch_tx: mpsc::Sender<Job>,
+    record_tx: mpsc::Sender<Outcome>,
+    emit_tx: mpsc::Sender<Emit>,
+) where
+    Q: JobQueue,
+    O: OutcomeStore,
+{
+    while let Some(msgs) = rx.recv().await {
+        if ctx.stop.is_cancelled() {
+            // Received but not started: back to the queue at once.
+            let entries: Vec<(String, Duration)> =
+                msgs.iter().map(|m| (m.receipt_handle.clone(), Duration::ZERO)).collect();
+            crate::shutdown::give_back(&ctx, &entries).await;
+            continue;
+        }
+        let msgs = distinct_deliveries(msgs);
+        let claims = msgs.into_iter().map(|m| claim_one(&ctx, m));
+        for step in futures::future::join_all(claims).await {
+            let sent = match step {
+                Step::Fetch(job) => fetch_tx.send(job).await.is_ok(),
+                Step::Record(o) => record_tx.send(o).await.is_ok(),
+                Step::Emit(e) => emit_tx.send(e).await.is_ok(),
+                Step::Leave => true,
+            };
+            if !sent {
+                return;
+            }
+        }
+    }
+}
+
+/// One delivery per message: SQS may hand out the same message twice in one
+/// receive; two claims of it would leave one delivery's handle dangling and
+/// put the same message twice into one delete batch. The later delivery's
+/// handle is kept (the newest handle is the one SQS honours).
+pub(crate) fn distinct_deliveries(msgs: Vec<Received>) -> Vec<Received> {
+    let mut out: Vec<Received> = Vec::with_capacity(msgs.len());
+    for m in msgs {
+        match out.iter_mut().find(|o| o.message_id == m.message_id) {
+            Some(prev) => *prev = m,
+            None => out.push(m),
+        }
+    }
+    out
+}
+
+// Moved once per job, never stored in bulk: boxing would only add allocations.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Fetch(Job),
+    Record(Outcome),
+    Emit(Emit),
+    Leave,
+}
+
+/// Parses and claims one message.
+async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Received) -> Step {
+    let (job_id, parsed, parse_error) = match JobMessage::parse(&m.body) {
+        Ok(job) => (job.job_id.clone(), Some(job), None),
+        Err(e) => match e.job_id.clone() {
+            Some(id) => (id, None, Some(e)),
+            None => {
+                // No id: nothing to record a result under. Redrive takes it
+                // to the DLQ after maxReceiveCount deliveries.
+                tracing::warn!(message_id = %m.message_id, error = %e, "unparsable message without a job id; left for the DLQ");
+                ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
+                return Step::Leave;
+            }
+        },
+    };
+    let run_id = parsed.as_ref().map(|j| j.run_id.clone()).unwrap_or_default();
+    let started = Instant::now();
+    let lease_ms = ctx.settings.lease.as_millis() as u64;
+    let mut attempt = 0;
+    let claimed = loop {
+        match ctx.ports.store.claim(&job_id, &run_id, &ctx.settings.worker_id, now_ms(), lease_ms).await {
+            Ok(c) => break c,
+            Err(e) if e.is_transient() && attempt < ctx.settings.retries => {
+                tokio::time::sleep(backoff(ctx.settings.backoff, attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                tracing::warn!(job_id = %job_id, error = %e, "claim failed; message left for a later delivery");
+                return Step::Leave;
+            }
+        }
+    };
+    ctx.metrics.observe(Stage::Claim, started.elapsed());
+    let fence = match claimed {
+        ClaimOutcome::Claimed(f) => f,
+        ClaimOutcome::TakenOver { fence, previous_owner } => {
+            tracing::info!(job_id = %job_id, %previous_owner, "took over an expired lease");
+            ctx.metrics.takeovers.fetch_add(1, Ordering::Relaxed);
+            fence
+        }
+        ClaimOutcome::Busy { owner, .. } => {
+            ctx.metrics.busy.fetch_add(1, Ordering::Relaxed);
+            if owner == ctx.settings.worker_id
+                && ctx.registry.refresh_receipt(&job_id, &m.message_id, &m.receipt_handle)
+            {
+                // Our own job, redelivered while we work on it: the old
+                // handle may be stale now, so extend and delete with this one.
+                tracing::debug!(job_id = %job_id, "redelivered while in flight; newest receipt handle adopted");
+            } else {
+                tracing::debug!(job_id = %job_id, %owner, "held by a live lease; left for visibility to bring back");
+            }
+            return Step::Leave;
+        }
+        ClaimOutcome::Done(record) => {
+            ctx.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+            return match record.result {
+                // The first copy's result may never have been sent (crash
+                // between finish and send): sending again is the safe side.
+                Some(body) => Step::Emit(Emit::Resend { receipt: m.receipt_handle, body }),
+                None => Step::Leave,
+            };
+        }
+    };
+    let lease_until_ms = now_ms() + lease_ms;
+    let key = ctx.registry.insert(InFlight {
+        job_id: job_id.clone(),
+        message_id: m.message_id.clone(),
+        receipt: m.receipt_handle.clone(),
+        fence: fence.clone(),
+        lease_until_ms,
+    });
+    ctx.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    let job = Job {
+        key,
+        job_id,
+        run_id,
+        url: parsed.as_ref().map(|j| j.url_raw.clone()).unwrap_or_default(),
+        attrs: parsed.as_ref().and_then(|j| j.attrs.clone()),
+        parsed,
+        receipt: m.receipt_handle,
+        fence,
+        attempts: m.receive_count,
+        received: Instant::now(),
+        lease_until_ms,
+    };
+    match parse_error {
+        Some(e) => Step::Record(failure(ctx, job, JobError::new(ErrorKind::InvalidMessage, e.message))),
+        None => Step::Fetch(job),
+    }
+}

@@ -1,0 +1,127 @@
+//! Emit: results in batches of 10, then deletes of the input messages in
+//! batches of 10, in that order, and only for messages whose result went out
+//! (a message is deleted only once its outcome is durable and its result
+//! sent). Receipt handles are de-duplicated per delete batch, and each job's
+//! newest handle is used.
+
+use crate::metrics::Stage;
+use crate::pipeline::{Ctx, Emit, backoff};
+use scorefleet_core::traits::{JobQueue, MessageSink};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// How long the emitter waits to fill a batch of 10 before sending what it has.
+const EMIT_LINGER: Duration = Duration::from_millis(25);
+
+/// Collects finished jobs into groups of 10 and flushes each group.
+pub(crate) async fn run<Q: JobQueue, S: MessageSink, O, F, P>(
+    ctx: Arc<Ctx<Q, S, O, F, P>>,
+    mut rx: mpsc::Receiver<Emit>,
+) {
+    let mut pending: Vec<Emit> = Vec::with_capacity(10);
+    loop {
+        let next = if pending.is_empty() {
+            rx.recv().await
+        } else {
+            match tokio::time::timeout(EMIT_LINGER, rx.recv()).await {
+                Ok(item) => item,
+                Err(_) => {
+                    flush(&ctx, &mut pending).await;
+                    continue;
+                }
+            }
+        };
+        match next {
+            Some(item) => {
+                pending.push(item);
+                if pending.len() >= 10 {
+                    flush(&ctx, &mut pending).await;
+                }
+            }
+            None => {
+                flush(&ctx, &mut pending).await;
+                return;
+            }
+        }
+    }
+}
+
+/// Sends up to 10 results, then deletes the messages whose result went out.
+async fn flush<Q: JobQueue, S: MessageSink, O, F, P>(ctx: &Ctx<Q, S, O, F, P>, pending: &mut Vec<Emit>) {
+    if pending.is_empty() {
+        return;
+    }
+    let items = std::mem::take(pending);
+    let bodies: Vec<String> = items
+        .iter()
+        .map(|e| match e {
+            Emit::Finished { body, .. } | Emit::Resend { body, .. } => body.clone(),
+        })
+        .collect();
+    let mut sent = vec![false; items.len()];
+    let mut attempt = 0;
+    loop {
+        match ctx.ports.sink.send(&bodies).await {
+            Ok(failed) => {
+                sent = vec![true; items.len()];
+                for f in failed {
+                    tracing::warn!(code = %f.code, "result refused by the output queue; message left for redelivery");
+                    if let Some(s) = sent.get_mut(f.index) {
+                        *s = false;
+                    }
+                }
+                break;
+            }
+            Err(e) if e.is_transient() && attempt < ctx.settings.retries => {
+                tokio::time::sleep(backoff(ctx.settings.backoff, attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "sending results failed; messages left for redelivery");
+                break;
+            }
+        }
+    }
+    let mut handles: Vec<String> = Vec::with_capacity(items.len());
+    for (item, ok) in items.iter().zip(&sent) {
+        let handle = match item {
+            Emit::Finished { key, receipt, received, .. } => {
+                // The registry holds the newest handle (a redelivery while in
+                // flight replaces it); an older one may no longer delete.
+                let newest = ctx.registry.remove(*key).map(|j| {
+                    ctx.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    j.receipt
+                });
+                if *ok {
+                    ctx.metrics.observe(Stage::EndToEnd, received.elapsed());
+                }
+                newest.unwrap_or_else(|| receipt.clone())
+            }
+            Emit::Resend { receipt, .. } => receipt.clone(),
+        };
+        if *ok {
+            ctx.metrics.results_sent.fetch_add(1, Ordering::Relaxed);
+            // One entry per handle: the same delivery twice in one batch is
+            // refused by SQS (BatchEntryIdsNotDistinct) and fails the others.
+            if !handles.contains(&handle) {
+                handles.push(handle);
+            }
+        }
+    }
+    if handles.is_empty() {
+        return;
+    }
+    match ctx.ports.queue.delete(&handles).await {
+        Ok(failed) => {
+            for f in &failed {
+                tracing::warn!(code = %f.code, "delete refused; the message will come back and be answered from the table");
+            }
+            ctx.metrics.deleted.fetch_add((handles.len() - failed.len()) as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "delete failed; the messages will come back and be answered from the table")
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! Inference: one dedicated OS thread owns the [`Predictor`] and is fed by a
+//! bounded channel of batches, so `forward` never blocks the async runtime.
+//! If a whole batch fails, each image is retried alone, so one bad input fails
+//! only its own job.
+
+use crate::metrics::Stage;
+use crate::pipeline::{Ctx, Job, Outcome, failure, result_for};
+use scorefleet_core::error::{ErrorKind, JobError};
+use scorefleet_core::lease::Terminal;
+use scorefleet_core::result::{Prediction, ResultStatus};
+use scorefleet_core::traits::{Chw, Predictor};
+use std::sync::Arc;
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+/// The inference thread's loop: runs until the batcher's channel closes.
+pub(crate) fn run<Q, S, O, F, P, M: Predictor>(
+    ctx: Arc<Ctx<Q, S, O, F, P>>,
+    mut predictor: M,
+    mut rx: mpsc::Receiver<Vec<(Job, Chw)>>,
+    record_tx: mpsc::Sender<Outcome>,
+) {
+    let k = ctx.settings.top_k;
+    while let Some(batch) = rx.blocking_recv() {
+        let (jobs, inputs): (Vec<Job>, Vec<Chw>) = batch.into_iter().unzip();
+        let started = Instant::now();
+        let preds = predict(&mut predictor, &inputs, k);
+        ctx.metrics.observe(Stage::Infer, started.elapsed());
+        ctx.metrics.batch(jobs.len());
+        let preds: Vec<Result<Vec<Prediction>, JobError>> = match preds {
+            Ok(rows) => rows.into_iter().map(Ok).collect(),
+            Err(e) if inputs.len() > 1 => {
+                // The batch failed as a whole: find out which image is to
+                // blame by scoring each alone, so only it fails.
+                tracing::warn!(error = %e, size = inputs.len(), "batch failed; scoring its images one by one");
+                inputs
+                    .iter()
+                    .map(|x| predict(&mut predictor, std::slice::from_ref(x), k).map(|mut r| r.remove(0)))
+                    .collect()
+            }
+            Err(e) => vec![Err(e)],
+        };
+        for (job, pred) in jobs.into_iter().zip(preds) {
+            let outcome = match pred {
+                Ok(top_k) => {
+                    let mut result = result_for(&ctx, &job, ResultStatus::Ok);
+                    result.model = Some(ctx.model.clone());
+                    result.top_k = top_k;
+                    Outcome { job, result, terminal: Terminal::Completed }
+                }
+                Err(e) => failure(&ctx, job, e),
+            };
+            if record_tx.blocking_send(outcome).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// One forward pass, with its output checked: a model that returns the wrong
+/// number of rows must not shift results onto the wrong jobs.
+fn predict<M: Predictor>(predictor: &mut M, inputs: &[Chw], k: usize) -> Result<Vec<Vec<Prediction>>, JobError> {
+    let rows = predictor.predict(inputs, k)?;
+    if rows.len() != inputs.len() {
+        return Err(JobError::new(
+            ErrorKind::Inference,
+            format!("model returned {} rows for {} images", rows.len(), inputs.len()),
+        ));
+    }
+    Ok(rows)
+}

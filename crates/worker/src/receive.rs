@@ -1,0 +1,42 @@
+//! Receive: N concurrent long polls on the input queue (up to 10 messages,
+//! up to 20 s each), handed on in whole receive batches. A failing endpoint
+//! is retried with exponential backoff and jitter, reset by the next success.
+
+use crate::pipeline::{Ctx, backoff};
+use scorefleet_core::traits::{JobQueue, Received};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::sync::mpsc;
+
+/// One long-poll loop; ends when `stop` is cancelled or the intake is gone.
+pub(crate) async fn run<Q: JobQueue, S, O, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, tx: mpsc::Sender<Vec<Received>>) {
+    let mut failures = 0u32;
+    loop {
+        let got = tokio::select! {
+            _ = ctx.stop.cancelled() => return,
+            r = ctx.ports.queue.receive(10, ctx.settings.wait) => r,
+        };
+        match got {
+            Ok(msgs) => {
+                failures = 0;
+                if msgs.is_empty() {
+                    continue;
+                }
+                ctx.metrics.received.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                if tx.send(msgs).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                // Backoff resets after a success; never hot-loop on a dead endpoint.
+                let wait = backoff(ctx.settings.backoff, failures);
+                failures = failures.saturating_add(1);
+                tracing::warn!(error = %e, retry_in = ?wait, "receive failed");
+                tokio::select! {
+                    _ = ctx.stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+            }
+        }
+    }
+}

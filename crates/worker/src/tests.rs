@@ -1,0 +1,602 @@
+//! Pipeline tests on in-memory ports: a queue with visibility and receipt
+//! handles, a sink, an outcome store driven by the core lease transitions, a
+//! fetcher, a toy preprocessor and predictor.
+//!
+//! Real time, not tokio's paused clock: the decode pool and the inference
+//! thread are real threads that paused time cannot wait for, and the
+//! `test-util` feature would build a second copy of every tokio dependant.
+//! Every wait is a condition polled with a generous bound, never a sleep
+//! whose length the test relies on.
+
+use crate::fetch::Fetcher;
+use crate::lease::Registry;
+use crate::metrics::{Metrics, SharedMetrics};
+use crate::pipeline::{DrainReport, Ports, Settings, run};
+use scorefleet_core::error::{ErrorKind, JobError};
+use scorefleet_core::job::{JobId, JobUrl};
+use scorefleet_core::lease::{self, ClaimOutcome, ClaimRequest, Fence, LeaseError, OutcomeRecord, Status, Terminal};
+use scorefleet_core::result::{ModelRef, Prediction, ResultMessage, ResultStatus};
+use scorefleet_core::traits::{
+    Chw, EntryFailure, JobQueue, MessageSink, OutcomeStore, Predictor, Preprocessor, Received, ServiceError, now_ms,
+};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Everything the fakes did, in order: `result:<job>`, `delete:<msg>`,
+/// `vis:<msg>:<secs>`.
+#[derive(Debug, Default)]
+struct Log(Mutex<Vec<String>>);
+
+impl Log {
+    fn push(&self, s: String) {
+        self.0.lock().expect("log").push(s);
+    }
+    fn all(&self) -> Vec<String> {
+        self.0.lock().expect("log").clone()
+    }
+    fn position(&self, s: &str) -> Option<usize> {
+        self.all().iter().position(|e| e == s)
+    }
+}
+
+#[derive(Debug)]
+struct Msg {
+    id: String,
+    body: String,
+    visible_at: Instant,
+    handle: Option<String>,
+    receives: u32,
+    deleted: bool,
+}
+
+/// An SQS-like queue: receiving hides a message for the default visibility
+/// and gives it a fresh handle; only the newest handle deletes or changes it.
+#[derive(Debug)]
+struct MemQueue {
+    msgs: Mutex<Vec<Msg>>,
+    next: AtomicU64,
+    log: Arc<Log>,
+}
+
+const DEFAULT_VISIBILITY: Duration = Duration::from_secs(30);
+
+impl MemQueue {
+    fn new(log: Arc<Log>, bodies: &[(&str, String)]) -> Self {
+        let now = Instant::now();
+        let msgs = bodies
+            .iter()
+            .map(|(id, body)| Msg {
+                id: (*id).to_owned(),
+                body: body.clone(),
+                visible_at: now,
+                handle: None,
+                receives: 0,
+                deleted: false,
+            })
+            .collect();
+        Self { msgs: Mutex::new(msgs), next: AtomicU64::new(0), log }
+    }
+
+    fn undeleted(&self) -> Vec<String> {
+        self.msgs.lock().expect("q").iter().filter(|m| !m.deleted).map(|m| m.id.clone()).collect()
+    }
+
+    fn deleted(&self, id: &str) -> bool {
+        self.msgs.lock().expect("q").iter().any(|m| m.id == id && m.deleted)
+    }
+
+    fn with_handle<R>(&self, handle: &str, f: impl FnOnce(&mut Msg) -> R) -> Option<R> {
+        let mut msgs = self.msgs.lock().expect("q");
+        msgs.iter_mut().find(|m| !m.deleted && m.handle.as_deref() == Some(handle)).map(f)
+    }
+}
+
+fn invalid(index: usize) -> EntryFailure {
+    EntryFailure { index, code: "ReceiptHandleIsInvalid".into(), message: "stale handle".into() }
+}
+
+impl JobQueue for MemQueue {
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, ServiceError> {
+        let got: Vec<Received> = {
+            let now = Instant::now();
+            let mut msgs = self.msgs.lock().expect("q");
+            msgs.iter_mut()
+                .filter(|m| !m.deleted && m.visible_at <= now)
+                .take(max)
+                .map(|m| {
+                    let h = format!("h{}", self.next.fetch_add(1, Ordering::Relaxed));
+                    m.handle = Some(h.clone());
+                    m.receives += 1;
+                    m.visible_at = now + DEFAULT_VISIBILITY;
+                    Received {
+                        message_id: m.id.clone(),
+                        receipt_handle: h,
+                        body: m.body.clone(),
+                        receive_count: m.receives,
+                    }
+                })
+                .collect()
+        };
+        if got.is_empty() {
+            tokio::time::sleep(wait.min(Duration::from_millis(100))).await;
+        }
+        Ok(got)
+    }
+
+    async fn delete(&self, handles: &[String]) -> Result<Vec<EntryFailure>, ServiceError> {
+        let mut failed = Vec::new();
+        for (i, h) in handles.iter().enumerate() {
+            let log = self.log.clone();
+            let done = self.with_handle(h, |m| {
+                m.deleted = true;
+                log.push(format!("delete:{}", m.id));
+            });
+            if done.is_none() {
+                failed.push(invalid(i));
+            }
+        }
+        Ok(failed)
+    }
+
+    async fn change_visibility(&self, entries: &[(String, Duration)]) -> Result<Vec<EntryFailure>, ServiceError> {
+        let mut failed = Vec::new();
+        for (i, (h, d)) in entries.iter().enumerate() {
+            let log = self.log.clone();
+            let done = self.with_handle(h, |m| {
+                m.visible_at = Instant::now() + *d;
+                log.push(format!("vis:{}:{}", m.id, d.as_secs()));
+            });
+            if done.is_none() {
+                failed.push(invalid(i));
+            }
+        }
+        Ok(failed)
+    }
+}
+
+#[derive(Debug)]
+struct MemSink {
+    sent: Mutex<Vec<ResultMessage>>,
+    log: Arc<Log>,
+}
+
+impl MessageSink for MemSink {
+    async fn send(&self, bodies: &[String]) -> Result<Vec<EntryFailure>, ServiceError> {
+        for b in bodies {
+            let r = ResultMessage::parse(b).expect("results are valid JSON");
+            self.log.push(format!("result:{}", r.job_id));
+            self.sent.lock().expect("sink").push(r);
+        }
+        Ok(Vec::new())
+    }
+}
+
+impl MemSink {
+    fn results(&self) -> Vec<ResultMessage> {
+        self.sent.lock().expect("sink").clone()
+    }
+}
+
+/// The dedup table, changed only through the core's pure transitions.
+#[derive(Debug, Default)]
+struct MemStore(Mutex<HashMap<JobId, OutcomeRecord>>);
+
+impl MemStore {
+    fn get_now(&self, job: &str) -> Option<OutcomeRecord> {
+        self.0.lock().expect("store").get(&JobId::parse(job).expect("id")).cloned()
+    }
+    fn put(&self, job: &str, r: OutcomeRecord) {
+        self.0.lock().expect("store").insert(JobId::parse(job).expect("id"), r);
+    }
+    fn fenced(
+        &self,
+        job: &JobId,
+        f: impl FnOnce(Option<&OutcomeRecord>) -> Result<OutcomeRecord, LeaseError>,
+    ) -> Result<(), LeaseError> {
+        let mut m = self.0.lock().expect("store");
+        let next = f(m.get(job))?;
+        m.insert(job.clone(), next);
+        Ok(())
+    }
+}
+
+impl OutcomeStore for MemStore {
+    async fn claim(
+        &self,
+        job: &JobId,
+        run_id: &str,
+        owner: &str,
+        now_ms: u64,
+        lease_ms: u64,
+    ) -> Result<ClaimOutcome, ServiceError> {
+        let mut m = self.0.lock().expect("store");
+        let req = ClaimRequest { owner, run_id, now_ms, lease_ms, ttl_s: 86_400 };
+        let (outcome, write) = lease::claim(m.get(job), &req);
+        if let Some(w) = write {
+            m.insert(job.clone(), w);
+        }
+        Ok(outcome)
+    }
+    async fn renew(&self, job: &JobId, fence: &Fence, until_ms: u64) -> Result<Result<(), LeaseError>, ServiceError> {
+        Ok(self.fenced(job, |cur| lease::renew(cur, fence, until_ms, now_ms())))
+    }
+    async fn finish(
+        &self,
+        job: &JobId,
+        fence: &Fence,
+        terminal: Terminal,
+        result_json: &str,
+        now: u64,
+    ) -> Result<Result<(), LeaseError>, ServiceError> {
+        Ok(self.fenced(job, |cur| lease::finish(cur, fence, terminal, result_json, now)))
+    }
+    async fn release(&self, job: &JobId, fence: &Fence) -> Result<Result<(), LeaseError>, ServiceError> {
+        Ok(self.fenced(job, |cur| lease::release(cur, fence, now_ms())))
+    }
+    async fn get(&self, job: &JobId) -> Result<Option<OutcomeRecord>, ServiceError> {
+        Ok(self.0.lock().expect("store").get(job).cloned())
+    }
+}
+
+/// Serves `s3://b/<key>` from a table; `gate` (when set) holds every fetch of
+/// a key starting with `slow` until a permit is added.
+#[derive(Debug, Default)]
+struct MemFetcher {
+    objects: HashMap<String, Result<Vec<u8>, JobError>>,
+    calls: AtomicU64,
+    gate: Option<Arc<Semaphore>>,
+}
+
+impl Fetcher for MemFetcher {
+    async fn fetch(&self, url: &JobUrl, _max: u64) -> Result<Vec<u8>, JobError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let JobUrl::S3 { key, .. } = url else { return Err(JobError::new(ErrorKind::FetchDenied, "no http here")) };
+        if key.starts_with("slow")
+            && let Some(g) = &self.gate
+        {
+            let _ = g.acquire().await.map(|p| p.forget());
+        }
+        self.objects.get(key).cloned().unwrap_or_else(|| Err(JobError::new(ErrorKind::FetchNotFound, key.clone())))
+    }
+}
+
+/// `digit:N` → a 1×1×1 image holding N; `poison` → an image the model
+/// refuses (and with it, its whole batch); anything else → `decode`.
+#[derive(Debug)]
+struct ToyDecoder;
+
+impl Preprocessor for ToyDecoder {
+    fn preprocess(&self, bytes: &[u8]) -> Result<Chw, JobError> {
+        let s = std::str::from_utf8(bytes).map_err(|_| JobError::new(ErrorKind::Decode, "not utf-8"))?;
+        if s == "poison" {
+            return Ok(Chw { shape: [1, 1, 1], data: vec![f32::NAN] });
+        }
+        let n: f32 = s
+            .strip_prefix("digit:")
+            .and_then(|n| n.parse().ok())
+            .ok_or_else(|| JobError::new(ErrorKind::Decode, "not an image"))?;
+        Ok(Chw { shape: [1, 1, 1], data: vec![n] })
+    }
+}
+
+#[derive(Debug)]
+struct ToyModel {
+    model: ModelRef,
+    inferences: Arc<AtomicU64>,
+}
+
+impl Predictor for ToyModel {
+    fn model(&self) -> &ModelRef {
+        &self.model
+    }
+    fn predict(&mut self, batch: &[Chw], _k: usize) -> Result<Vec<Vec<Prediction>>, JobError> {
+        if batch.iter().any(|x| x.data[0].is_nan()) {
+            return Err(JobError::new(ErrorKind::Inference, "NaN input"));
+        }
+        self.inferences.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        Ok(batch.iter().map(|x| vec![Prediction { label: format!("{}", x.data[0]), score: 1.0 }]).collect())
+    }
+}
+
+struct Harness {
+    queue: Arc<MemQueue>,
+    sink: Arc<MemSink>,
+    store: Arc<MemStore>,
+    fetcher: Arc<MemFetcher>,
+    log: Arc<Log>,
+    metrics: SharedMetrics,
+    inferences: Arc<AtomicU64>,
+    registry: Arc<Registry>,
+    stop: CancellationToken,
+    run: tokio::task::JoinHandle<DrainReport>,
+}
+
+fn settings() -> Settings {
+    Settings {
+        worker_id: "w1".into(),
+        receivers: 1,
+        wait: Duration::from_secs(1),
+        fetchers: 4,
+        max_batch: 4,
+        max_wait: Duration::from_millis(10),
+        lease: Duration::from_secs(30),
+        top_k: 1,
+        max_bytes: 1_000,
+        retries: 2,
+        backoff: Duration::from_millis(10),
+        drain_timeout: Duration::from_secs(5),
+    }
+}
+
+fn job(id: &str, key: &str) -> (String, String) {
+    (id.to_owned(), format!(r#"{{"v":1,"job_id":"{id}","url":"s3://bkt/{key}","run_id":"r"}}"#))
+}
+
+fn start(
+    msgs: Vec<(String, String)>,
+    objects: Vec<(&str, Result<&str, ErrorKind>)>,
+    store: MemStore,
+    gate: Option<Arc<Semaphore>>,
+    settings: Settings,
+) -> Harness {
+    let log = Arc::new(Log::default());
+    let bodies: Vec<(&str, String)> = msgs.iter().map(|(id, b)| (id.as_str(), b.clone())).collect();
+    let queue = Arc::new(MemQueue::new(log.clone(), &bodies));
+    let sink = Arc::new(MemSink { sent: Mutex::default(), log: log.clone() });
+    let store = Arc::new(store);
+    let objects = objects
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.map(|b| b.as_bytes().to_vec()).map_err(|kind| JobError::new(kind, k))))
+        .collect();
+    let fetcher = Arc::new(MemFetcher { objects, calls: AtomicU64::new(0), gate });
+    let metrics: SharedMetrics = Arc::new(Metrics::default());
+    let inferences = Arc::new(AtomicU64::new(0));
+    let model =
+        ToyModel { model: ModelRef { name: "toy".into(), version: "sha256:0".into() }, inferences: inferences.clone() };
+    let stop = CancellationToken::new();
+    let ports = Ports {
+        queue: queue.clone(),
+        sink: sink.clone(),
+        store: store.clone(),
+        fetcher: fetcher.clone(),
+        preprocessor: Arc::new(ToyDecoder),
+    };
+    let registry = Arc::new(Registry::default());
+    let run = tokio::spawn(run(ports, model, settings, metrics.clone(), registry.clone(), stop.clone()));
+    Harness { queue, sink, store, fetcher, log, metrics, inferences, registry, stop, run }
+}
+
+/// Waits until `cond` holds; fails the test if it never does.
+async fn until(what: &str, cond: impl Fn() -> bool) {
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(60) {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("never happened: {what}");
+}
+
+impl Harness {
+    async fn stop(self) -> (DrainReport, Harness) {
+        self.stop.cancel();
+        let Harness { queue, sink, store, fetcher, log, metrics, inferences, registry, stop, run } = self;
+        let report = run.await.expect("pipeline task");
+        let done = tokio::spawn(async { DrainReport::default() });
+        (report, Harness { queue, sink, store, fetcher, log, metrics, inferences, registry, stop, run: done })
+    }
+
+    fn result(&self, job: &str) -> Option<ResultMessage> {
+        self.sink.results().into_iter().find(|r| r.job_id == job)
+    }
+}
+
+#[tokio::test]
+async fn one_bad_image_fails_only_its_own_job_and_results_precede_deletes() {
+    let h = start(
+        vec![job("ok1", "a"), job("bad", "b"), job("ok2", "c"), job("poison", "p"), job("gone", "g")],
+        vec![("a", Ok("digit:3")), ("b", Ok("garbage")), ("c", Ok("digit:5")), ("p", Ok("poison"))],
+        MemStore::default(),
+        None,
+        settings(),
+    );
+    until("every message deleted", || h.queue.undeleted().is_empty()).await;
+    let label = |j: &str| h.result(j).and_then(|r| r.top().map(|p| p.label.clone()));
+    let kind = |j: &str| h.result(j).and_then(|r| r.error.map(|e| e.kind));
+    assert_eq!(label("ok1").as_deref(), Some("3"));
+    assert_eq!(label("ok2").as_deref(), Some("5"));
+    assert_eq!(kind("bad"), Some(ErrorKind::Decode));
+    assert_eq!(kind("poison"), Some(ErrorKind::Inference), "the poison image fails alone");
+    assert_eq!(kind("gone"), Some(ErrorKind::FetchNotFound));
+    assert_eq!(h.sink.results().len(), 5, "one result per job");
+    for (j, status) in [("ok1", Status::Completed), ("bad", Status::Failed), ("poison", Status::Failed)] {
+        assert_eq!(h.store.get_now(j).map(|r| r.status), Some(status), "{j}");
+    }
+    // A message is deleted only after its result went out.
+    for j in ["ok1", "bad", "ok2", "poison", "gone"] {
+        let sent = h.log.position(&format!("result:{j}")).expect("result sent");
+        let deleted = h.log.position(&format!("delete:{j}")).expect("deleted");
+        assert!(sent < deleted, "{j}: deleted before its result was sent");
+    }
+    let ok = h.result("ok1").expect("ok1");
+    assert_eq!((ok.status, ok.model.map(|m| m.name)), (ResultStatus::Ok, Some("toy".into())));
+    let (report, _) = h.stop().await;
+    assert!(report.drained);
+}
+
+#[tokio::test]
+async fn finished_duplicates_are_resent_and_deleted_without_inference() {
+    let store = MemStore::default();
+    let stored = r#"{"v":1,"job_id":"d1","run_id":"r","url":"s3://bkt/a","status":"ok","top_k":[{"label":"4","score":0.9}],"attempts":1,"worker":"w0","completed_at":"2026-01-01T00:00:00Z"}"#;
+    store.put(
+        "d1",
+        OutcomeRecord {
+            status: Status::Completed,
+            owner: "w0".into(),
+            attempt: 1,
+            lease_until_ms: 0,
+            result: Some(stored.into()),
+            run_id: "r".into(),
+            expires_at_s: now_ms() / 1000 + 3600,
+        },
+    );
+    let h = start(vec![job("d1", "a")], vec![("a", Ok("digit:1"))], store, None, settings());
+    until("duplicate deleted", || h.queue.deleted("d1")).await;
+    let r = h.result("d1").expect("stored result re-sent");
+    assert_eq!((r.worker.as_str(), r.top().map(|p| p.label.as_str())), ("w0", Some("4")));
+    assert_eq!(h.inferences.load(Ordering::Relaxed), 0);
+    assert_eq!(h.fetcher.calls.load(Ordering::Relaxed), 0);
+    assert_eq!(h.metrics.duplicates.load(Ordering::Relaxed), 1);
+    let _ = h.stop().await;
+}
+
+#[tokio::test]
+async fn a_job_under_another_live_lease_is_left_alone() {
+    let store = MemStore::default();
+    let held = OutcomeRecord {
+        status: Status::InProgress,
+        owner: "w-other".into(),
+        attempt: 1,
+        lease_until_ms: now_ms() + 3_600_000,
+        result: None,
+        run_id: "r".into(),
+        expires_at_s: now_ms() / 1000 + 7200,
+    };
+    store.put("b1", held.clone());
+    let h = start(vec![job("b1", "a")], vec![("a", Ok("digit:1"))], store, None, settings());
+    until("busy seen", || h.metrics.busy.load(Ordering::Relaxed) >= 1).await;
+    let (_, h) = h.stop().await;
+    assert!(!h.queue.deleted("b1"), "not ours to delete");
+    assert!(h.sink.results().is_empty());
+    assert_eq!(h.store.get_now("b1"), Some(held), "record untouched");
+    assert_eq!(h.fetcher.calls.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn shutdown_returns_unstarted_jobs_at_once_and_releases_their_claims() {
+    let gate = Arc::new(Semaphore::new(0));
+    let s = Settings { fetchers: 1, ..settings() };
+    let h = start(
+        vec![job("first", "slow-a"), job("second", "b"), job("third", "c")],
+        vec![("slow-a", Ok("digit:1")), ("b", Ok("digit:2")), ("c", Ok("digit:3"))],
+        MemStore::default(),
+        Some(gate.clone()),
+        s,
+    );
+    until("all three claimed", || {
+        ["first", "second", "third"].iter().all(|j| h.store.get_now(j).is_some_and(|r| r.status == Status::InProgress))
+    })
+    .await;
+    h.stop.cancel();
+    // The started job may finish during the drain.
+    gate.add_permits(1);
+    let (report, h) = h.stop().await;
+    assert!(report.drained);
+    assert_eq!(h.result("first").and_then(|r| r.top().map(|p| p.label.clone())).as_deref(), Some("1"));
+    assert!(h.queue.deleted("first"));
+    for j in ["second", "third"] {
+        assert!(h.log.position(&format!("vis:{j}:0")).is_some(), "{j} returned with visibility 0");
+        assert!(!h.queue.deleted(j));
+        assert!(h.result(j).is_none());
+        let rec = h.store.get_now(j).expect("record");
+        assert_eq!((rec.status, rec.lease_until_ms), (Status::InProgress, 0), "{j}: claim released");
+    }
+}
+
+#[tokio::test]
+async fn broken_messages_get_a_typed_result_when_they_name_a_job_and_are_left_otherwise() {
+    let h = start(
+        vec![
+            ("m1".into(), r#"{"v":9,"job_id":"named"}"#.into()),
+            ("m2".into(), "not json at all".into()),
+            ("m3".into(), r#"{"v":1,"job_id":"ftp","url":"ftp://x/y","run_id":"r"}"#.into()),
+        ],
+        vec![],
+        MemStore::default(),
+        None,
+        settings(),
+    );
+    until("named ones answered", || h.queue.deleted("m1") && h.queue.deleted("m3")).await;
+    assert_eq!(h.result("named").and_then(|r| r.error).map(|e| e.kind), Some(ErrorKind::InvalidMessage));
+    assert_eq!(h.result("ftp").and_then(|r| r.error).map(|e| e.kind), Some(ErrorKind::InvalidMessage));
+    until("nameless one left for the DLQ", || h.metrics.left_for_redrive.load(Ordering::Relaxed) >= 1).await;
+    let (_, h) = h.stop().await;
+    assert!(!h.queue.deleted("m2"), "no job id: left to the redrive policy");
+    assert_eq!(h.sink.results().len(), 2);
+}
+
+#[tokio::test]
+async fn transient_failures_retry_then_leave_the_message_and_release_the_claim() {
+    let h =
+        start(vec![job("flaky", "f")], vec![("f", Err(ErrorKind::FetchFailed))], MemStore::default(), None, settings());
+    until("left for redelivery", || h.metrics.left_for_redrive.load(Ordering::Relaxed) >= 1).await;
+    let (_, h) = h.stop().await;
+    assert!(h.fetcher.calls.load(Ordering::Relaxed) >= 3, "first try plus two retries");
+    assert!(!h.queue.deleted("flaky"));
+    assert!(h.result("flaky").is_none());
+    let rec = h.store.get_now("flaky").expect("record");
+    assert_eq!((rec.status, rec.lease_until_ms), (Status::InProgress, 0), "claim released for the next try");
+}
+
+#[tokio::test]
+async fn a_job_whose_lease_was_taken_over_is_abandoned_not_finished() {
+    let gate = Arc::new(Semaphore::new(0));
+    let h = start(
+        vec![job("stolen", "slow-s")],
+        vec![("slow-s", Ok("digit:1"))],
+        MemStore::default(),
+        Some(gate.clone()),
+        settings(),
+    );
+    until("claimed", || h.store.get_now("stolen").is_some()).await;
+    // Another worker takes the job over (as after a long stall of ours).
+    let mut rec = h.store.get_now("stolen").expect("record");
+    rec.owner = "w2".into();
+    rec.attempt += 1;
+    h.store.put("stolen", rec.clone());
+    // The keeper's next pass (run here directly rather than waiting a
+    // quarter lease) finds the lease lost.
+    crate::lease::renew_due(&*h.queue, &*h.store, &h.registry, &h.metrics, Duration::from_secs(3600)).await;
+    assert_eq!(h.metrics.leases_lost.load(Ordering::Relaxed), 1);
+    gate.add_permits(1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (_, h) = h.stop().await;
+    assert_eq!(h.store.get_now("stolen"), Some(rec), "the new owner's record stands");
+    assert!(h.result("stolen").is_none());
+    assert!(!h.queue.deleted("stolen"));
+}
+
+#[test]
+fn two_deliveries_of_one_message_in_a_receive_become_one() {
+    let d = |h: &str, id: &str| Received {
+        message_id: id.into(),
+        receipt_handle: h.into(),
+        body: String::new(),
+        receive_count: 1,
+    };
+    let out = crate::dedup::distinct_deliveries(vec![d("h1", "m1"), d("h2", "m2"), d("h3", "m1")]);
+    let handles: Vec<&str> = out.iter().map(|r| r.receipt_handle.as_str()).collect();
+    assert_eq!(handles, ["h3", "h2"], "the newer handle of m1 wins, in place");
+}
+
+#[test]
+fn a_redelivery_of_an_in_flight_message_refreshes_its_handle_but_a_duplicate_send_does_not() {
+    let reg = Registry::default();
+    let id = JobId::parse("j").expect("id");
+    let key = reg.insert(crate::lease::InFlight {
+        job_id: id.clone(),
+        message_id: "m1".into(),
+        receipt: "old".into(),
+        fence: Fence { owner: "w1".into(), attempt: 1 },
+        lease_until_ms: u64::MAX,
+    });
+    assert!(!reg.refresh_receipt(&id, "m2", "other"), "another message for the same job is separate");
+    assert!(reg.refresh_receipt(&id, "m1", "new"));
+    assert_eq!(reg.remove(key).map(|j| j.receipt).as_deref(), Some("new"));
+}
