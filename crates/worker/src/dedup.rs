@@ -81,6 +81,9 @@ enum Step {
     Leave,
 }
 
+/// The run an unparsable message's record is filed under.
+pub const UNPARSABLE_RUN: &str = "unparsable";
+
 /// Parses and claims one message.
 async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Received) -> Step {
     let (job_id, parsed, parse_error) = match JobMessage::parse(&m.body) {
@@ -97,11 +100,14 @@ async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Rec
         },
     };
     let run_id = parsed.as_ref().map(|j| j.run_id.clone()).unwrap_or_default();
+    // The table indexes records by run (a key attribute cannot be empty): a
+    // broken body without a readable run is filed under a fixed placeholder.
+    let claim_run = if run_id.is_empty() { UNPARSABLE_RUN } else { run_id.as_str() };
     let started = Instant::now();
     let lease_ms = ctx.settings.lease.as_millis() as u64;
     let mut attempt = 0;
     let claimed = loop {
-        match ctx.ports.store.claim(&job_id, &run_id, &ctx.settings.worker_id, now_ms(), lease_ms).await {
+        match ctx.ports.store.claim(&job_id, claim_run, &ctx.settings.worker_id, now_ms(), lease_ms).await {
             Ok(c) => break c,
             Err(e) if e.is_transient() && attempt < ctx.settings.retries => {
                 tokio::time::sleep(backoff(ctx.settings.backoff, attempt)).await;
