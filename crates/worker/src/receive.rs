@@ -12,9 +12,27 @@ use tokio::sync::mpsc;
 pub(crate) async fn run<Q: JobQueue, S, O, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, tx: mpsc::Sender<Vec<Received>>) {
     let mut failures = 0u32;
     loop {
+        let poll = ctx.ports.queue.receive(10, ctx.settings.wait);
+        tokio::pin!(poll);
         let got = tokio::select! {
-            _ = ctx.stop.cancelled() => return,
-            r = ctx.ports.queue.receive(10, ctx.settings.wait) => r,
+            r = &mut poll => r,
+            _ = ctx.stop.cancelled() => {
+                // Dropping a long poll mid-flight can lose its answer in
+                // transit: those messages would stay invisible for a whole
+                // visibility timeout. Let it finish (it answers at once when
+                // messages wait, within `wait` otherwise) and hand back
+                // whatever it got.
+                if let Ok(msgs) = poll.await
+                    && !msgs.is_empty()
+                {
+                    let entries: Vec<(String, std::time::Duration)> =
+                        msgs.iter().map(|m| (m.receipt_handle.clone(), std::time::Duration::ZERO)).collect();
+                    if let Err(e) = ctx.ports.queue.change_visibility(&entries).await {
+                        tracing::warn!(error = %e, "could not return messages received during shutdown");
+                    }
+                }
+                return;
+            }
         };
         match got {
             Ok(msgs) => {
