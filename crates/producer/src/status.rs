@@ -71,7 +71,9 @@ pub fn report(st: &RunStatus, now_ms: u64) -> Report {
         Some(left) => images_per_s_last_minute
             .filter(|r| *r > 0.0)
             .or(images_per_s.filter(|r| *r > 0.0))
-            .map(|rate| round(left as f64 / rate, 1)),
+            // Never 0 while jobs remain: 0 means "done" to a reader (and a
+            // fast emulator run rounded a few milliseconds down to it).
+            .map(|rate| round(left as f64 / rate, 1).max(0.1)),
         None => None,
     };
     Report {
