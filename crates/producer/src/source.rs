@@ -136,7 +136,6 @@ fn parse_jsonl(line: u64, text: &str) -> Item {
 }
 
 /// Column positions: `url`, optional `job_id`, and the attribute columns.
-#[derive(Clone)]
 struct Columns {
     url: usize,
     job_id: Option<usize>,
@@ -182,27 +181,31 @@ impl<R: BufRead> Iterator for CsvEntries<R> {
         if self.header.is_none() {
             self.header = Some(self.columns());
         }
-        let Columns { url: url_i, job_id: id_i, attrs: attr_cols } = match self.header.as_ref()? {
-            Ok(cols) => cols.clone(),
+        // Disjoint field borrows: the columns are read, the reader and record
+        // written, with no per-row copy of the column list.
+        let Self { reader, header, record, done } = self;
+        let Columns { url: url_i, job_id: id_i, attrs: attr_cols } = match header.as_ref()? {
+            Ok(cols) => cols,
             Err(e) => {
-                self.done = true;
+                *done = true;
                 return Some(Err(e.clone()));
             }
         };
+        let (url_i, id_i) = (*url_i, *id_i);
         loop {
-            match self.reader.read_record(&mut self.record) {
+            match reader.read_record(record) {
                 Ok(false) => return None,
                 Ok(true) => {
-                    let line = self.record.position().map_or(0, |p| p.line());
-                    if self.record.iter().all(str::is_empty) {
+                    let line = record.position().map_or(0, |p| p.line());
+                    if record.iter().all(str::is_empty) {
                         continue;
                     }
                     let err = |message: String| Some(Err(LineError { line, message }));
-                    let url = match self.record.get(url_i) {
+                    let url = match record.get(url_i) {
                         Some(u) if !u.is_empty() => u.to_owned(),
                         _ => return err("empty `url`".into()),
                     };
-                    let job_id = match id_i.and_then(|i| self.record.get(i)).filter(|s| !s.is_empty()) {
+                    let job_id = match id_i.and_then(|i| record.get(i)).filter(|s| !s.is_empty()) {
                         None => None,
                         Some(s) => match JobId::parse(s) {
                             Ok(id) => Some(id),
@@ -213,7 +216,7 @@ impl<R: BufRead> Iterator for CsvEntries<R> {
                         .iter()
                         // An empty cell is an absent attribute, not an empty label.
                         .filter_map(|(i, name)| {
-                            let v = self.record.get(*i).filter(|v| !v.is_empty())?;
+                            let v = record.get(*i).filter(|v| !v.is_empty())?;
                             Some((name.clone(), Value::String(v.to_owned())))
                         })
                         .collect();
