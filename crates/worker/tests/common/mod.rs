@@ -114,9 +114,15 @@ impl Stack {
     /// deadline passes), deleting what it reads. Returns every result read,
     /// duplicates included.
     pub async fn results(&self, want: usize, timeout: Duration) -> Vec<ResultMessage> {
+        self.more_results(Vec::new(), want, timeout).await
+    }
+
+    /// Like [`Stack::results`], counting the results already taken off the
+    /// queue (`seen`) towards `want`; returns them with the new ones.
+    pub async fn more_results(&self, seen: Vec<ResultMessage>, want: usize, timeout: Duration) -> Vec<ResultMessage> {
         let deadline = Instant::now() + timeout;
-        let mut all = Vec::new();
-        let mut ids = std::collections::HashSet::new();
+        let mut ids: std::collections::HashSet<String> = seen.iter().map(|r| r.job_id.clone()).collect();
+        let mut all = seen;
         while ids.len() < want {
             assert!(Instant::now() < deadline, "only {} of {want} results after {timeout:?}", ids.len());
             let got = self.output.receive(10, Duration::from_secs(1)).await.expect("receive results");
