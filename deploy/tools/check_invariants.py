@@ -8,7 +8,9 @@
   leaves trigger metadata free-form), a scale-down stabilisation window
 - CronJob: the run id is dated with `date -u +%F`
 - CloudFormation: input queue visibility >= the worker's 30 s minimum,
-  maxReceiveCount 5, TTL on expires_at, GSI by_run INCLUDE status, finished_ms, attempt
+  maxReceiveCount 5, TTL on expires_at, GSI by_run INCLUDE status, finished_ms, attempt;
+  the worker role may call GetQueueAttributes on both queues (its readiness
+  check does, crates/worker/src/main.rs)
 - every SCOREFLEET_* name used in compose / the ConfigMap is in the contract
 """
 import re
@@ -45,6 +47,25 @@ class CfnLoader(yaml.SafeLoader):
 
 
 CfnLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+class CfnRefLoader(yaml.SafeLoader):
+    """Keeps `!GetAtt Name.Arn` as the resource name; other tags as None."""
+
+
+CfnRefLoader.add_constructor("!GetAtt", lambda loader, node: loader.construct_scalar(node).split(".")[0])
+CfnRefLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def allowed(role, resource):
+    """The actions a role's inline policies allow on one resource (by logical name)."""
+    acts = set()
+    for pol in role["Properties"]["Policies"]:
+        for st in pol["PolicyDocument"]["Statement"]:
+            res = st["Resource"] if isinstance(st["Resource"], list) else [st["Resource"]]
+            if st["Effect"] == "Allow" and resource in res:
+                acts |= set(st["Action"] if isinstance(st["Action"], list) else [st["Action"]])
+    return acts
 
 
 def main():
@@ -115,6 +136,10 @@ def main():
     g = t["GlobalSecondaryIndexes"][0]
     check(g["IndexName"] == "by_run" and g["Projection"]["NonKeyAttributes"] == ["status", "finished_ms", "attempt"],
           "cloudformation: GSI by_run INCLUDE status, finished_ms, attempt")
+    roles = yaml.load(open("deploy/cloudformation.yaml"), Loader=CfnRefLoader)["Resources"]
+    for q in ("InputQueue", "OutputQueue"):
+        check("sqs:GetQueueAttributes" in allowed(roles["WorkerRole"], q),
+              f"cloudformation: worker role may GetQueueAttributes on {q} (readiness check)")
     return 1 if errors else 0
 
 
