@@ -3,8 +3,7 @@
 //! retries.
 
 use crate::progress::Progress;
-use crate::source::{Entry, Item, LineError};
-use scorefleet_core::job::JobMessage;
+use crate::source::{Item, LineError};
 use scorefleet_core::traits::{MessageSink, ServiceError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -93,7 +92,7 @@ pub async fn run<S: MessageSink>(
     };
 
     while let Some(item) = items.recv().await {
-        let job = item.and_then(|entry| build(entry, &opts.run_id));
+        let job = item.and_then(|entry| entry.into_job(&opts.run_id));
         let body = match job {
             Ok(job) => job.to_json(),
             Err(e) => {
@@ -129,16 +128,6 @@ pub async fn run<S: MessageSink>(
     summary.elapsed_s = started.elapsed().as_secs_f64();
     progress.set(summary.enqueued, summary.skipped, summary.failed);
     summary
-}
-
-fn build(entry: Entry, run_id: &str) -> Result<JobMessage, LineError> {
-    let line = entry.line;
-    let err = |e: scorefleet_core::ParseError| LineError { line, message: e.message };
-    let job = JobMessage::new(&entry.url, run_id, entry.job_id).map_err(err)?;
-    match entry.attrs {
-        Some(a) => job.with_attrs(a).map_err(err),
-        None => Ok(job),
-    }
 }
 
 /// Sleeps so that no more than `rate` messages per second go out.
@@ -210,6 +199,7 @@ async fn send_with_retry<S: MessageSink>(
 mod tests {
     use super::*;
     use crate::source::{Format, read_manifest};
+    use scorefleet_core::job::JobMessage;
     use scorefleet_core::traits::EntryFailure;
     use std::sync::Mutex;
 

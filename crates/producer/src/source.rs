@@ -6,7 +6,7 @@
 //! comes out as a [`LineError`] with its line number, and the caller decides
 //! (skip and count it, or stop under `--strict`).
 
-use scorefleet_core::job::JobId;
+use scorefleet_core::job::{JobId, JobMessage};
 use serde_json::{Map, Value};
 use std::io::BufRead;
 
@@ -21,6 +21,21 @@ pub struct Entry {
     pub job_id: Option<JobId>,
     /// Caller attributes, passed through to the result.
     pub attrs: Option<Map<String, Value>>,
+}
+
+impl Entry {
+    /// The job message this entry becomes in run `run_id`; a URL, id or
+    /// `attrs` the worker would refuse is a [`LineError`] here instead, so a
+    /// bad line is reported by the producer, not discovered by the fleet.
+    pub fn into_job(self, run_id: &str) -> Result<JobMessage, LineError> {
+        let line = self.line;
+        let err = |e: scorefleet_core::ParseError| LineError { line, message: e.message };
+        let job = JobMessage::new(&self.url, run_id, self.job_id).map_err(err)?;
+        match self.attrs {
+            Some(a) => job.with_attrs(a).map_err(err),
+            None => Ok(job),
+        }
+    }
 }
 
 /// A manifest line that could not be read as a job.
