@@ -106,8 +106,9 @@ pub fn stats<R: BufRead>(reader: R) -> std::io::Result<Stats> {
     times.sort_by(f64::total_cmp);
     if let (Some(first), Some(last)) = (times.first(), times.last()) {
         s.span_s = last - first;
-        // About 30 points across the run, at least one second wide.
-        let width = (s.span_s / 30.0).max(1.0);
+        // About 30 points across the run (completion times carry sub-second
+        // precision, so a short run still draws a line), at least 10 ms wide.
+        let width = (s.span_s / 30.0).max(0.01);
         let mut buckets = vec![0u64; (s.span_s / width) as usize + 1];
         for t in &times {
             let i = (((t - first) / width) as usize).min(buckets.len() - 1);
@@ -143,7 +144,7 @@ pub fn html(s: &Stats, title: &str) -> String {
         card("succeeded", &s.succeeded.to_string(), "id=succeeded"),
         card("failed", &s.failed.to_string(), "id=failed"),
         card("accuracy", &acc, "id=accuracy"),
-        card("throughput", &rate, "id=throughput"),
+        card("result rate, first to last result", &rate, "id=throughput"),
     );
     h.push_str("<section><h2>Errors by kind</h2>");
     if s.errors_by_kind.is_empty() {
@@ -165,7 +166,11 @@ pub fn html(s: &Stats, title: &str) -> String {
         "<figure><figcaption>Top-1 confidence (bin lower edge)</figcaption>{}</figure>",
         bar_chart(&bins, "jobs")
     );
-    let _ = write!(h, "<figure><figcaption>Throughput (results/s)</figcaption>{}</figure>", line_chart(&s.throughput));
+    let _ = write!(
+        h,
+        "<figure><figcaption>Throughput (results/s, by completion time; start-up and queue wait before the first result are not shown)</figcaption>{}</figure>",
+        line_chart(&s.throughput)
+    );
     h.push_str("</section>");
     if s.labelled > 0 {
         h.push_str(&confusion_table(s));

@@ -1,7 +1,11 @@
-//! Decode and preprocess on tokio's blocking pool: image decoding and
-//! resizing are CPU work and must not stall the async stages. The
-//! [`Preprocessor`] enforces the size and pixel limits (decompression bombs
-//! fail as `too_large`/`decode` for their own job only).
+//! Decode and preprocess. Image decoding and resizing are CPU work and must
+//! not stall the async stages, so they run on tokio's blocking pool, except
+//! for images whose header says they are small (≤ [`INLINE_MAX_PIXELS`]):
+//! those decode in well under a millisecond, less than the hand-off to
+//! another thread and back costs, and run in place. The [`Preprocessor`]
+//! enforces the size and pixel limits (decompression bombs fail as
+//! `too_large`/`decode` for their own job only); a header that cannot be read
+//! goes to the pool and fails there with its typed error.
 
 use crate::metrics::Stage;
 use crate::pipeline::Ctx;
@@ -9,18 +13,63 @@ use scorefleet_core::error::{ErrorKind, JobError};
 use scorefleet_core::traits::{Chw, Preprocessor};
 use std::time::Instant;
 
-/// Bytes → model input, off the runtime.
+/// Largest image, in pixels, decoded on the calling task (256 × 256).
+pub const INLINE_MAX_PIXELS: u64 = 256 * 256;
+
+/// Bytes → model input.
 pub(crate) async fn decode<Q, S, O, F, P: Preprocessor>(
     ctx: &Ctx<Q, S, O, F, P>,
     bytes: Vec<u8>,
 ) -> Result<Chw, JobError> {
     let started = Instant::now();
     let pre = ctx.ports.preprocessor.clone();
-    let decoded = tokio::task::spawn_blocking(move || pre.preprocess(&bytes)).await;
+    let decoded = if is_small(&bytes) {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pre.preprocess(&bytes))).map_err(panic_message)
+    } else {
+        tokio::task::spawn_blocking(move || pre.preprocess(&bytes)).await.map_err(|e| e.to_string())
+    };
     ctx.metrics.observe(Stage::Decode, started.elapsed());
     match decoded {
         Ok(r) => r,
         // A panic in a decoder is a bug, but it must cost one job, not the worker.
         Err(e) => Err(JobError::new(ErrorKind::Decode, format!("decoder failed: {e}"))),
+    }
+}
+
+/// Whether the image's header names at most [`INLINE_MAX_PIXELS`] pixels.
+/// Reads the header only (format sniffing and dimensions), never the pixels.
+pub fn is_small(bytes: &[u8]) -> bool {
+    let reader = match image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format() {
+        Ok(r) if r.format().is_some() => r,
+        _ => return false,
+    };
+    reader.into_dimensions().is_ok_and(|(w, h)| u64::from(w) * u64::from(h) <= INLINE_MAX_PIXELS)
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn png(w: u32, h: u32) -> Vec<u8> {
+        let mut out = std::io::Cursor::new(Vec::new());
+        image::GrayImage::new(w, h).write_to(&mut out, image::ImageFormat::Png).expect("encode a PNG");
+        out.into_inner()
+    }
+
+    #[test]
+    fn only_images_whose_header_is_small_decode_in_place() {
+        assert!(is_small(&png(28, 28)));
+        assert!(is_small(&png(256, 256)));
+        assert!(!is_small(&png(257, 256)), "over the limit goes to the pool");
+        assert!(!is_small(b"not an image"), "unknown bytes go to the pool (and fail there)");
+        assert!(!is_small(&[]));
+        assert!(!is_small(&png(28, 28)[..20]), "a header cut short goes to the pool");
     }
 }

@@ -40,6 +40,8 @@ pub struct Settings {
     pub fetchers: usize,
     /// Largest model batch.
     pub max_batch: usize,
+    /// Threads of the inference pool (0: one per core).
+    pub infer_threads: usize,
     /// Longest wait for a batch to fill.
     pub max_wait: Duration,
     /// Lease length: the DynamoDB lease and the SQS visibility it keeps.
@@ -177,9 +179,9 @@ where
     spawn(Box::pin(crate::fetch::stage::run(ctx.clone(), fetch_rx, batch_tx, record_tx.clone())) as Stage);
     spawn(Box::pin(crate::batch::run(ctx.clone(), batch_rx, infer_tx)) as Stage);
     let infer_ctx = ctx.clone();
-    let inference = std::thread::Builder::new()
-        .name("scorefleet-infer".into())
-        .spawn(move || crate::infer::run(infer_ctx, predictor, infer_rx, record_tx));
+    let inference = crate::infer::spawn(settings.infer_threads, move || {
+        crate::infer::run(infer_ctx, predictor, infer_rx, record_tx)
+    });
     if let Err(e) = &inference {
         tracing::error!(error = %e, "cannot start the inference thread");
         stop.cancel();

@@ -323,6 +323,7 @@ fn settings() -> Settings {
         wait: Duration::from_secs(1),
         fetchers: 4,
         max_batch: 4,
+        infer_threads: 1,
         max_wait: Duration::from_millis(10),
         lease: Duration::from_secs(30),
         top_k: 1,
