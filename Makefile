@@ -51,3 +51,15 @@ fmt:
 lint:
 	$(CARGO) fmt --all --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Fuzz every cargo-fuzz target in fuzz/ for FUZZ_SECONDS (default 60) each;
+# needs the nightly toolchain, installs cargo-fuzz when missing. Not part of
+# `make test` or CI (see fuzz/README.md).
+.PHONY: fuzz deny
+fuzz:
+	scripts/fuzz.sh
+
+# The dependency audit: cargo-deny bans, licenses, sources, and advisories when
+# the RustSec database can be fetched (see docs/security.md).
+deny:
+	scripts/deny.sh
