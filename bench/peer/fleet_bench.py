@@ -298,8 +298,12 @@ def upload(bucket, objects, manifest, missing=()):
 
 # --- one run -----------------------------------------------------------------
 
+class RunFailed(Exception):
+    """A run that produced no trustworthy figures (it is retried once, on a fresh prefix)."""
+
+
 class Run:
-    def __init__(self, args, fleet, archive, rnd, setup):
+    def __init__(self, args, fleet, archive, rnd, setup, retry=False):
         self.args, self.fleet, self.archive, self.rnd, self.setup = args, fleet, archive, rnd, setup
         self.model = MODELS[archive]
         self.n = args.digits if archive == "digits" else args.photos
@@ -307,7 +311,7 @@ class Run:
         self.n += self.broken
         self.probes = args.probe_digits if archive == "digits" else args.probe_photos
         self.probe_rate = args.probe_rate_digits if archive == "digits" else args.probe_rate_photos
-        self.prefix = f"fl{setup['stamp']}-r{rnd}-{archive[0]}-{fleet[0]}"
+        self.prefix = f"fl{setup['stamp']}-r{rnd}-{archive[0]}-{fleet[0]}" + ("-again" if retry else "")
         self.dir = os.path.join(args.out, "runs", self.prefix)
         self.cpu_at_ready = None  # CPU-seconds of start-up: spawn → every worker ready
         os.makedirs(self.dir, exist_ok=True)
@@ -367,7 +371,8 @@ class Run:
                 state = {"stats": stats, "procs": procs}
             cpuset = slices[i]
             t = time.time()
-            p = subprocess.Popen(cmd + a.worker_arg, env=env, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT,
+            extra = a.scorefleet_arg if self.fleet == "scorefleet" else a.peer_arg
+            p = subprocess.Popen(cmd + extra, env=env, stdout=logf, stderr=subprocess.STDOUT, cwd=ROOT,
                                  preexec_fn=lambda c=cpuset: os.sched_setaffinity(0, c))
             self.workers.append(dict(state, proc=p, spawned=t, log=logf, ready=None, pids={p.pid}, cpu={}, hwm={}))
 
@@ -376,7 +381,7 @@ class Run:
         deleted = 0
         for w in self.workers:
             if w["proc"].poll() is not None:
-                raise SystemExit(f"{self.prefix}: a worker exited with {w['proc'].returncode}; see {w['log'].name}")
+                raise RunFailed(f"{self.prefix}: a worker exited with {w['proc'].returncode}; see {w['log'].name}")
             if deep:
                 w["pids"] |= set(descendants(w["proc"].pid))
                 for pid in w["pids"]:
@@ -400,6 +405,11 @@ class Run:
                     except (OSError, ValueError):
                         pass
                 w["stats_docs"] = docs
+                # Each process rewrites its file four times a second: a stale one means its counters
+                # (and so this run's figures) cannot be trusted.
+                ages = [time.time() - os.path.getmtime(os.path.join(w["stats"], f)) for f in files]
+                if w["ready"] is not None and ages and max(ages) > 10:
+                    raise RunFailed(f"{self.prefix}: a peer process stopped updating its counters in {w['stats']}")
                 if w["ready"] is None and len(docs) == w["procs"] and all(d["ready_at"] for d in docs):
                     w["ready"] = max(d["ready_at"] for d in docs)
                 deleted += sum(d["counters"].get("deleted", 0) for d in docs)
@@ -419,7 +429,7 @@ class Run:
             if deleted >= target:
                 return
             if time.monotonic() > deadline:
-                raise SystemExit(f"{self.prefix}: {deleted} of {target} jobs done after {timeout} s")
+                raise RunFailed(f"{self.prefix}: {deleted} of {target} jobs done after {timeout} s")
             time.sleep(0.02 if not ready else 0.1)
 
     def counters(self):
@@ -641,15 +651,17 @@ def main():
     ap.add_argument("--fleets", default="scorefleet,peer")
     ap.add_argument("--worker-cpus", help="CPUs of the workers (default: all but the first)")
     ap.add_argument("--emulator-cpus", help="CPUs of the emulator and this driver (default: the first)")
-    ap.add_argument("--probe-digits", type=int, default=50, help="latency probe jobs on digits")
+    ap.add_argument("--probe-digits", type=int, default=100, help="latency probe jobs on digits")
     ap.add_argument("--probe-photos", type=int, default=20, help="latency probe jobs on photos")
-    ap.add_argument("--probe-rate-digits", type=float, default=10, help="probe jobs per second")
+    ap.add_argument("--probe-rate-digits", type=float, default=20, help="probe jobs per second")
     ap.add_argument("--probe-rate-photos", type=float, default=2, help="probe jobs per second")
     ap.add_argument("--timeout", type=float, default=900, help="seconds per run")
     ap.add_argument("--out", default=os.path.join(ROOT, "out", "bench-fleet"))
     ap.add_argument("--docs", action="store_true", help="write fleet.md, fleet.png and fleet.json to --docs-dir")
     ap.add_argument("--docs-dir", default=os.path.join(ROOT, "docs", "bench"))
-    ap.add_argument("--worker-arg", action="append", default=[], help="extra flag for every worker (repeatable)")
+    ap.add_argument("--scorefleet-arg", action="append", default=[],
+                    help="extra flag for every scorefleet worker (repeatable), e.g. --scorefleet-arg=--max-batch=64")
+    ap.add_argument("--peer-arg", action="append", default=[], help="extra flag for every peer worker (repeatable)")
     ap.add_argument("--report-only", action="store_true",
                     help="no runs: rebuild the table (and with --docs the docs) from --out's rounds.json")
     args = ap.parse_args()
@@ -701,16 +713,21 @@ def main():
             f"in {time.monotonic() - t:.0f} s")
 
     fleets = args.fleets.split(",")
-    rows = []
+    rows, retries = [], []
     for rnd in range(args.rounds):
         for archive in archives:
             order = fleets if rnd % 2 == 0 else fleets[::-1]
             for fleet in order:
-                rows.append(Run(args, fleet, archive, rnd, setup).execute())
+                try:
+                    rows.append(Run(args, fleet, archive, rnd, setup).execute())
+                except RunFailed as e:
+                    retries.append(str(e))
+                    log(f"{e}; running it again")
+                    rows.append(Run(args, fleet, archive, rnd, setup, retry=True).execute())
 
     info = dict(machine(), workers=args.workers, worker_cpus=worker_cpus, emulator_cpus=emu_cpus,
                 rounds=args.rounds, digits=args.digits, photos=args.photos, mean_object_bytes=sizes,
-                emulator=os.environ.get("SCOREFLEET_EMULATOR", "ministack"),
+                emulator=os.environ.get("SCOREFLEET_EMULATOR", "ministack"), runs_repeated=retries,
                 runtime_s=round(time.monotonic() - started, 1))
     with open(os.path.join(args.out, "rounds.json"), "w") as f:
         json.dump({"info": info, "rows": [{k: v for k, v in r.items() if k != "top1"} for r in rows]}, f, indent=1)

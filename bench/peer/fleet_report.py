@@ -306,6 +306,9 @@ def write_docs(summary, info, out_dir):
         "indexed attribute).",
         ""]
     lines += api_lines(summary)
+    if info.get("runs_repeated"):
+        lines += ["", "Runs repeated on a fresh prefix after a failure (the failed attempt's figures are not "
+                  "used): " + "; ".join(info["runs_repeated"])]
     if summary["problems"]:
         lines += ["", "Checks that failed in this run: " + "; ".join(summary["problems"])]
     with open(os.path.join(out_dir, "fleet.md"), "w") as f:

@@ -29,6 +29,7 @@ With --stats-dir each process writes its counters (AWS requests by API,
 jobs, batches) as JSON there, four times a second: bench/fleet reads them.
 """
 import argparse
+import faulthandler
 import json
 import multiprocessing
 import os
@@ -38,6 +39,7 @@ import socket
 import sys
 import threading
 import time
+import traceback
 from concurrent.futures import ThreadPoolExecutor
 
 # numpy's OpenBLAS would start a thread per core in every process; the
@@ -81,7 +83,9 @@ class Counters:
 def make_clients(counters, pool):
     """SQS, DynamoDB and S3 clients sharing one session; every API call is counted."""
     path_style = os.environ.get("SCOREFLEET_S3_PATH_STYLE", "1" if os.environ.get("AWS_ENDPOINT_URL") else "0")
+    # A read timeout above the 20 s long poll, so a silent connection is retried rather than waited on.
     cfg = Config(max_pool_connections=pool, retries={"mode": "standard", "max_attempts": 4},
+                 connect_timeout=5, read_timeout=40,
                  s3={"addressing_style": "path" if path_style in ("1", "true") else "auto"})
     # AWS_REGION as the Rust SDK reads it (boto3 alone reads only AWS_DEFAULT_REGION).
     session = boto3.session.Session(region_name=os.environ.get("AWS_REGION") or None)
@@ -127,8 +131,13 @@ class Consumer:
         os.replace(path + ".tmp", path)
 
     def _stats_loop(self):
+        # bench/fleet reads progress from these files: a failed write is reported and retried, never
+        # the end of the thread (a bench run once waited on a writer that had vanished).
         while not self.stop.wait(0.25):
-            self._write_stats()
+            try:
+                self._write_stats()
+            except Exception:  # noqa: BLE001
+                log("stats write failed:\n" + traceback.format_exc())
 
     # -- receive -----------------------------------------------------------
     def _receive_loop(self):
@@ -319,6 +328,7 @@ class Consumer:
             self.sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])
         self.ready_at = time.time()
         self._write_stats()
+        log(f"ready: {self.model.name}, {self.args.receivers} receivers, {self.args.io_threads} I/O threads")
         threads = [threading.Thread(target=self._stats_loop, daemon=True)]
         threads += [threading.Thread(target=self._receive_loop, daemon=True) for _ in range(self.args.receivers)]
         emitters = [threading.Thread(target=self._emit_loop) for _ in range(2)]
@@ -340,6 +350,7 @@ def env(name, default=None):
 
 
 def main():
+    faulthandler.enable()
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--input-queue-url", default=env("INPUT_QUEUE_URL"))
     ap.add_argument("--output-queue-url", default=env("OUTPUT_QUEUE_URL"))
