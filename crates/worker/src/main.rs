@@ -215,10 +215,30 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let server = tokio::spawn(http::serve(listener, state, server_stop.clone()));
     // Ready only once both queues answer (GetQueueAttributes): a worker with a
     // wrong URL or no permission must not report ready.
+    // A transient failure (network down, throttling, 5xx) is waited out with
+    // backoff, not-ready meanwhile; a permanent one (no such queue, access
+    // denied) ends the worker with its reason.
     for url in [&cli.input_queue_url, &cli.output_queue_url] {
-        scorefleet_aws::provision::queue_arn(&aws.sqs(), url, &counters)
-            .await
-            .with_context(|| format!("queue {url} is not reachable"))?;
+        let mut attempt = 0;
+        loop {
+            if stop.is_cancelled() {
+                tracing::info!("stopped before the queues were reachable; nothing was received");
+                return Ok(());
+            }
+            match scorefleet_aws::provision::queue_arn(&aws.sqs(), url, &counters).await {
+                Ok(_) => break,
+                Err(e) if e.is_transient() => {
+                    tracing::warn!(queue = %url, error = %e, "queue not reachable yet; retrying");
+                    let wait = scorefleet_worker::pipeline::backoff(Duration::from_millis(250), attempt);
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = stop.cancelled() => {}
+                    }
+                    attempt = (attempt + 1).min(5);
+                }
+                Err(e) => return Err(e).with_context(|| format!("queue {url} is not reachable")),
+            }
+        }
     }
     health.ready.store(true, Ordering::Relaxed);
     let draining = health.clone();
