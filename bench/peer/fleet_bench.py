@@ -42,7 +42,6 @@ import random
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -55,10 +54,12 @@ ROOT = os.path.dirname(os.path.dirname(HERE))
 sys.path.insert(0, os.path.join(ROOT, "scripts"))
 sys.path.insert(0, os.path.join(ROOT, "bench", "python"))
 sys.path.insert(0, HERE)
+sys.path.insert(0, os.path.join(ROOT, "bench", "harness"))
 
 import boto3  # noqa: E402
 from botocore.config import Config  # noqa: E402
 
+import common  # noqa: E402  (bench/harness: shared with bench/worker, soak and chaos)
 import fleet_report  # noqa: E402
 
 PAGE = os.sysconf("SC_PAGE_SIZE")
@@ -67,13 +68,7 @@ MODELS = {"digits": "digits", "photos": "resnet18"}  # archive → model
 
 
 def log(msg):
-    print(f"bench/fleet: {msg}", file=sys.stderr, flush=True)
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    common.log("bench/fleet", msg)
 
 
 def parse_cpus(spec):
@@ -354,7 +349,7 @@ class Run:
             logf = open(os.path.join(self.dir, f"worker-{i}.log"), "w")
             env = dict(self.env, SCOREFLEET_WORKER_ID=wid)
             if self.fleet == "scorefleet":
-                port = free_port()
+                port = common.free_port()
                 cmd = [os.path.join(self.setup["bin"], "scorefleet-worker"), "--model", self.model,
                        "--model-manifest", manifest, "--http-addr", f"127.0.0.1:{port}",
                        "--model-cache", os.path.join(a.out, "model-cache")]

@@ -169,7 +169,10 @@ def main():
           "- **SQS is not a limit**: standard queues take a nearly unlimited request rate per API, and the "
           "messages one worker holds (bounded by its pipeline) stay far below 120,000 in flight per queue.",
           "- **Cost** is dominated by DynamoDB: 4 write units per image (2 table + 2 index) are "
-          f"${4 * fleet_report.DDB_WRU_PER_M:.2f} of the ≈$3 per million images; the index alone is "
+          f"${4 * fleet_report.DDB_WRU_PER_M:.2f} of the "
+          f"${min(r['request_cost_per_million_images'] for r in rows):.2f}–"
+          f"${max(r['request_cost_per_million_images'] for r in rows):.2f} per million images (more where lease "
+          "renewals add writes); the index alone is "
           f"${2 * fleet_report.DDB_WRU_PER_M:.2f}. SQS batching keeps SQS at ≈0.3 requests per image "
           "(≈$0.13 per million), S3 GETs are $0.40 per million. Request counts differ between the fleets "
           "(the peer writes outcomes with BatchWriteItem), the bill hardly does.",
