@@ -1,6 +1,6 @@
 //! Decode and preprocess. Image decoding and resizing are CPU work and must
 //! not stall the async stages, so they run on tokio's blocking pool, except
-//! for images whose header says they are small (≤ [`INLINE_MAX_PIXELS`]):
+//! for images whose header says they are tiny (≤ [`INLINE_MAX_PIXELS`]):
 //! those decode in well under a millisecond, less than the hand-off to
 //! another thread and back costs, and run in place. The [`Preprocessor`]
 //! enforces the size and pixel limits (decompression bombs fail as
@@ -13,8 +13,11 @@ use scorefleet_core::error::{ErrorKind, JobError};
 use scorefleet_core::traits::{Chw, Preprocessor};
 use std::time::Instant;
 
-/// Largest image, in pixels, decoded on the calling task (256 × 256).
-pub const INLINE_MAX_PIXELS: u64 = 256 * 256;
+/// Largest image, in pixels, decoded on the calling task (64 × 64: digits
+/// and thumbnails). A 224 × 224 JPEG takes a millisecond or more to decode
+/// and resize: run in place on the worker's one runtime thread, it held up
+/// receives and claims and halved ResNet-18 batch fill in bench/fleet.
+pub const INLINE_MAX_PIXELS: u64 = 64 * 64;
 
 /// Bytes → model input.
 pub(crate) async fn decode<Q, S, O, F, P: Preprocessor>(
@@ -66,8 +69,9 @@ mod tests {
     #[test]
     fn only_images_whose_header_is_small_decode_in_place() {
         assert!(is_small(&png(28, 28)));
-        assert!(is_small(&png(256, 256)));
-        assert!(!is_small(&png(257, 256)), "over the limit goes to the pool");
+        assert!(is_small(&png(64, 64)));
+        assert!(!is_small(&png(65, 64)), "over the limit goes to the pool");
+        assert!(!is_small(&png(224, 224)), "photo-sized images go to the pool");
         assert!(!is_small(b"not an image"), "unknown bytes go to the pool (and fail there)");
         assert!(!is_small(&[]));
         assert!(!is_small(&png(28, 28)[..20]), "a header cut short goes to the pool");
