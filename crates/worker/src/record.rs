@@ -4,6 +4,7 @@
 
 use crate::metrics::Stage;
 use crate::pipeline::{Ctx, Emit, Outcome, backoff, stream_from};
+use scorefleet_core::lease::LeaseError;
 use scorefleet_core::traits::{OutcomeStore, now_ms};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -45,6 +46,11 @@ async fn record_one<Q, S, O: OutcomeStore, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, o
     loop {
         match ctx.ports.store.finish(&o.job.job_id, &o.job.fence, o.terminal, &body, now_ms()).await {
             Ok(Ok(())) => break,
+            // Only our own fence can have finished the record: our earlier
+            // try went through and its answer was lost (a dropped connection;
+            // the SDK's retry then met the finished record). The outcome
+            // stored is this one: send it, delete the message.
+            Ok(Err(LeaseError::AlreadyFinished)) => break,
             Ok(Err(lost)) => {
                 // Someone took the job over: their outcome stands, ours is dropped.
                 tracing::warn!(job_id = %o.job.job_id, reason = %lost, "finish refused: lease lost");

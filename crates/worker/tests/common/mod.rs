@@ -139,6 +139,17 @@ impl Stack {
         all
     }
 
+    /// Uploads the first `n` MNIST digits under `digits/` and returns one
+    /// job per image (not enqueued).
+    pub async fn digit_job_messages(&self, n: usize) -> Vec<JobMessage> {
+        let uploads = digits(n).into_iter().enumerate().map(|(i, png)| async move {
+            let key = format!("digits/{i:05}.png");
+            self.put(&key, png).await;
+            self.job(&key)
+        });
+        futures::future::join_all(uploads).await
+    }
+
     /// The outcome records of `ids`.
     pub async fn outcomes(&self, ids: &[JobId]) -> HashMap<JobId, scorefleet_core::lease::OutcomeRecord> {
         let mut out = HashMap::new();
@@ -204,6 +215,13 @@ fn free_port() -> u16 {
 
 /// Starts `scorefleet-worker` on the stack with `extra` flags.
 pub fn spawn_worker(stack: &Stack, id: &str, extra: &[&str]) -> Worker {
+    spawn_worker_with_env(stack, id, extra, &[])
+}
+
+/// Like [`spawn_worker`], with environment variables set for the worker only
+/// (e.g. `AWS_ENDPOINT_URL` pointing at a fault-injecting proxy while the
+/// test keeps talking to the emulator directly).
+pub fn spawn_worker_with_env(stack: &Stack, id: &str, extra: &[&str], env: &[(&str, &str)]) -> Worker {
     let port = free_port();
     let child = Command::new(env!("CARGO_BIN_EXE_scorefleet-worker"))
         .current_dir(root())
@@ -216,6 +234,7 @@ pub fn spawn_worker(stack: &Stack, id: &str, extra: &[&str]) -> Worker {
         .args(["--wait-seconds", "1"])
         .args(extra)
         .env("SCOREFLEET_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
