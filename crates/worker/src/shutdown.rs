@@ -1,7 +1,7 @@
 //! Shutdown: one root [`CancellationToken`], cancelled by SIGTERM/SIGINT.
 //!
-//! On cancel the receivers stop at once (an in-progress long poll is dropped;
-//! whatever SQS had handed out comes back with its visibility). Messages
+//! On cancel the receivers stop polling (a long poll in flight is let finish,
+//! and what it brought is returned at once, see [`crate::receive`]). Messages
 //! received but not claimed, and jobs claimed but not yet fetched, are
 //! returned: their claims released and their visibility set to 0, so another
 //! worker takes them immediately. Everything already fetched drains through
