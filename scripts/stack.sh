@@ -65,6 +65,9 @@ PY
 
 start() {
     ensure_venv
+    # Release the install lock: the emulator started below would inherit fd 9
+    # and hold it for its whole life, stalling every other stack's start.
+    exec 9>&-
     mkdir -p "$STACK_DIR"
     if [[ -f "$STACK_DIR/pid" ]] && kill -0 "$(cat "$STACK_DIR/pid")" 2>/dev/null; then
         log "already running (pid $(cat "$STACK_DIR/pid")); source $STACK_DIR/env"
