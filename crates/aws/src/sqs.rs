@@ -63,6 +63,8 @@ pub struct SqsQueue {
     counters: Arc<ApiCounters>,
     /// Retries of failed batch entries (the SDK retries whole requests).
     backoff: Backoff,
+    /// The visibility timeout asked for on receive (None: the queue's own).
+    receive_visibility: Option<Duration>,
 }
 
 /// What one batch request answered: ids that succeeded, entries that failed.
@@ -75,7 +77,15 @@ impl SqsQueue {
     /// A queue by URL, as returned by CreateQueue/GetQueueUrl (never built by
     /// hand: emulators and regions format URLs differently).
     pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>, counters: Arc<ApiCounters>) -> Self {
-        Self { client, url: queue_url.into(), counters, backoff: Backoff::default() }
+        Self { client, url: queue_url.into(), counters, backoff: Backoff::default(), receive_visibility: None }
+    }
+
+    /// Asks for this visibility timeout on every [`JobQueue::receive`] instead
+    /// of the queue's own, so a consumer's lease bookkeeping does not depend on
+    /// how the queue was configured.
+    pub fn with_receive_visibility(mut self, visibility: Duration) -> Self {
+        self.receive_visibility = Some(visibility);
+        self
     }
 
     /// Changes how often, and after what first delay, failed batch entries are
@@ -274,7 +284,7 @@ fn build_err(op: &'static str, e: impl std::fmt::Display) -> ServiceError {
 
 impl JobQueue for SqsQueue {
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Received>, ServiceError> {
-        self.receive_with(max, wait, None).await
+        self.receive_with(max, wait, self.receive_visibility).await
     }
 
     async fn delete(&self, receipt_handles: &[String]) -> Result<Vec<EntryFailure>, ServiceError> {

@@ -39,11 +39,23 @@ pub(crate) async fn decode<Q, S, O, F, P: Preprocessor>(
     }
 }
 
-/// Whether the image's header names at most [`INLINE_MAX_PIXELS`] pixels.
-/// Reads the header only (format sniffing and dimensions), never the pixels.
+/// Largest encoded image decoded in place: a tiny header over a long stream
+/// of data still goes to the pool.
+pub const INLINE_MAX_BYTES: usize = 64 * 1024;
+
+/// Whether the image is small enough to decode in place: at most
+/// [`INLINE_MAX_BYTES`] encoded, in a format whose header bounds the decode
+/// work (PNG, JPEG, BMP, WebP), naming at most [`INLINE_MAX_PIXELS`] pixels.
+/// GIF is never decoded in place: its logical screen does not bound its first
+/// frame, so a 1×1 header can carry a frame of many megapixels. Reads the
+/// header only (format sniffing and dimensions), never the pixels.
 pub fn is_small(bytes: &[u8]) -> bool {
+    use image::ImageFormat::{Bmp, Jpeg, Png, WebP};
+    if bytes.len() > INLINE_MAX_BYTES {
+        return false;
+    }
     let reader = match image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format() {
-        Ok(r) if r.format().is_some() => r,
+        Ok(r) if matches!(r.format(), Some(Png | Jpeg | Bmp | WebP)) => r,
         _ => return false,
     };
     reader.into_dimensions().is_ok_and(|(w, h)| u64::from(w) * u64::from(h) <= INLINE_MAX_PIXELS)
@@ -75,5 +87,15 @@ mod tests {
         assert!(!is_small(b"not an image"), "unknown bytes go to the pool (and fail there)");
         assert!(!is_small(&[]));
         assert!(!is_small(&png(28, 28)[..20]), "a header cut short goes to the pool");
+    }
+
+    #[test]
+    fn gifs_and_long_streams_never_decode_in_place() {
+        let mut gif = std::io::Cursor::new(Vec::new());
+        image::RgbaImage::new(8, 8).write_to(&mut gif, image::ImageFormat::Gif).expect("encode a GIF");
+        assert!(!is_small(gif.get_ref()), "a GIF's screen does not bound its frames");
+        let mut long = png(8, 8);
+        long.resize(INLINE_MAX_BYTES + 1, 0);
+        assert!(!is_small(&long), "a tiny header over a long stream goes to the pool");
     }
 }

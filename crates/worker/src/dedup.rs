@@ -13,6 +13,7 @@
 use crate::lease::InFlight;
 use crate::metrics::Stage;
 use crate::pipeline::{Ctx, Emit, Job, Outcome, backoff, failure};
+use crate::receive::Delivery;
 use scorefleet_core::error::{ErrorKind, JobError};
 use scorefleet_core::job::JobMessage;
 use scorefleet_core::lease::ClaimOutcome;
@@ -25,7 +26,7 @@ use tokio::sync::mpsc;
 /// Claims every message of each receive batch, concurrently, and routes it.
 pub(crate) async fn run<Q, S, O, F, P>(
     ctx: Arc<Ctx<Q, S, O, F, P>>,
-    mut rx: mpsc::Receiver<Vec<Received>>,
+    mut rx: mpsc::Receiver<Delivery>,
     fetch_tx: mpsc::Sender<Job>,
     record_tx: mpsc::Sender<Outcome>,
     emit_tx: mpsc::Sender<Emit>,
@@ -33,7 +34,7 @@ pub(crate) async fn run<Q, S, O, F, P>(
     Q: JobQueue,
     O: OutcomeStore,
 {
-    while let Some(msgs) = rx.recv().await {
+    while let Some(Delivery { at_ms, msgs }) = rx.recv().await {
         if ctx.stop.is_cancelled() {
             // Received but not started: back to the queue at once.
             let entries: Vec<(String, Duration)> =
@@ -42,7 +43,7 @@ pub(crate) async fn run<Q, S, O, F, P>(
             continue;
         }
         let msgs = distinct_deliveries(msgs);
-        let claims = msgs.into_iter().map(|m| claim_one(&ctx, m));
+        let claims = msgs.into_iter().map(|m| claim_one(&ctx, m, at_ms));
         for step in futures::future::join_all(claims).await {
             let sent = match step {
                 Step::Fetch(job) => fetch_tx.send(job).await.is_ok(),
@@ -85,7 +86,7 @@ enum Step {
 pub const UNPARSABLE_RUN: &str = "unparsable";
 
 /// Parses and claims one message.
-async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Received) -> Step {
+async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Received, received_ms: u64) -> Step {
     let (job_id, parsed, parse_error) = match JobMessage::parse(&m.body) {
         Ok(job) => (job.job_id.clone(), Some(job), None),
         Err(e) => match e.job_id.clone() {
@@ -150,7 +151,10 @@ async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Rec
             };
         }
     };
-    let lease_until_ms = now_ms() + lease_ms;
+    // The earlier of the two clocks: the DynamoDB lease runs from the claim,
+    // the SQS visibility from the receive (the message may have waited in
+    // the channel since). The keeper extends both before the earlier ends.
+    let lease_until_ms = received_ms.min(now_ms()) + lease_ms;
     let key = ctx.registry.insert(InFlight {
         job_id: job_id.clone(),
         message_id: m.message_id.clone(),

@@ -9,7 +9,7 @@ use crate::pipeline::{Ctx, Emit, backoff};
 use scorefleet_core::traits::{JobQueue, MessageSink};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// How long the emitter waits to fill a batch of 10 before sending what it has.
@@ -61,6 +61,7 @@ async fn flush<Q: JobQueue, S: MessageSink, O, F, P>(ctx: &Ctx<Q, S, O, F, P>, p
         })
         .collect();
     let mut sent = vec![false; items.len()];
+    let started = Instant::now();
     let mut attempt = 0;
     loop {
         match ctx.ports.sink.send(&bodies).await {
@@ -74,7 +75,7 @@ async fn flush<Q: JobQueue, S: MessageSink, O, F, P>(ctx: &Ctx<Q, S, O, F, P>, p
                 }
                 break;
             }
-            Err(e) if e.is_transient() && attempt < ctx.settings.retries => {
+            Err(e) if e.is_transient() && keep_trying(ctx, attempt, started) => {
                 tokio::time::sleep(backoff(ctx.settings.backoff, attempt)).await;
                 attempt += 1;
             }
@@ -113,15 +114,37 @@ async fn flush<Q: JobQueue, S: MessageSink, O, F, P>(ctx: &Ctx<Q, S, O, F, P>, p
     if handles.is_empty() {
         return;
     }
-    match ctx.ports.queue.delete(&handles).await {
-        Ok(failed) => {
-            for f in &failed {
-                tracing::warn!(code = %f.code, "delete refused; the message will come back and be answered from the table");
+    // A delete that does not happen costs a duplicate result later (the
+    // message comes back and is answered from the table), so transient
+    // failures are retried as long as the receipt handles are surely valid.
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        match ctx.ports.queue.delete(&handles).await {
+            Ok(failed) => {
+                for f in &failed {
+                    tracing::warn!(code = %f.code, "delete refused; the message will come back and be answered from the table");
+                }
+                ctx.metrics.deleted.fetch_add((handles.len() - failed.len()) as u64, Ordering::Relaxed);
+                return;
             }
-            ctx.metrics.deleted.fetch_add((handles.len() - failed.len()) as u64, Ordering::Relaxed);
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, "delete failed; the messages will come back and be answered from the table")
+            Err(e) if e.is_transient() && keep_trying(ctx, attempt, started) => {
+                tokio::time::sleep(backoff(ctx.settings.backoff, attempt)).await;
+                attempt += 1;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "delete failed; the messages will come back and be answered from the table");
+                return;
+            }
         }
     }
+}
+
+/// Whether a transient failure of a result send or a delete is worth another
+/// try: always for the first `retries` attempts, then for as long as half the
+/// lease has not passed since the first one. A network cut of a few seconds
+/// is outlasted, while the messages' visibility (kept for the lease) still
+/// holds, and no flush waits longer than that.
+fn keep_trying<Q, S, O, F, P>(ctx: &Ctx<Q, S, O, F, P>, attempt: u32, started: Instant) -> bool {
+    attempt < ctx.settings.retries || started.elapsed() < ctx.settings.lease / 2
 }

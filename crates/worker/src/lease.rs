@@ -1,7 +1,8 @@
 //! The in-flight registry and the lease keeper.
 //!
 //! Every claimed job is registered with its receipt handle, its fence and its
-//! lease end. The keeper wakes every quarter lease and, for every job whose
+//! lease end (counted from the receive, when the message's visibility
+//! started). The keeper wakes every eighth of a lease and, for every job whose
 //! lease ends within half a lease, extends the SQS visibility
 //! (ChangeMessageVisibilityBatch, 10 per call, one entry per receipt handle)
 //! and the DynamoDB lease (fenced `renew`) together. A refused renew means
@@ -119,7 +120,9 @@ pub async fn keep<Q: JobQueue, O: OutcomeStore>(
     lease: Duration,
     stop: CancellationToken,
 ) {
-    let tick = (lease / 4).max(Duration::from_millis(250));
+    // An eighth: a renewal that fails (a network blip, throttling) gets
+    // three more tries before the half lease left at the first one runs out.
+    let tick = (lease / 8).max(Duration::from_millis(250));
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,

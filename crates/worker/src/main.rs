@@ -184,7 +184,12 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tokio::spawn(scorefleet_worker::shutdown::on_signal(stop.clone()));
     let aws = AwsConfig::load().await;
     let counters = Arc::new(ApiCounters::new());
-    let queue = Arc::new(SqsQueue::new(aws.sqs(), cli.input_queue_url.clone(), counters.clone()));
+    // Visibility on receive = the lease: the keeper's bookkeeping starts from
+    // it, whatever the queue's own default.
+    let queue = Arc::new(
+        SqsQueue::new(aws.sqs(), cli.input_queue_url.clone(), counters.clone())
+            .with_receive_visibility(Duration::from_secs(cli.lease_seconds)),
+    );
     let sink = Arc::new(SqsQueue::new(aws.sqs(), cli.output_queue_url.clone(), counters.clone()));
     let store = Arc::new(
         DynamoOutcomeStore::new(aws.dynamodb(), cli.table.clone(), counters.clone())

@@ -20,7 +20,7 @@ use scorefleet_core::error::JobError;
 use scorefleet_core::job::{JobId, JobMessage};
 use scorefleet_core::lease::{Fence, Terminal};
 use scorefleet_core::result::{ErrorInfo, ModelRef, ResultMessage, ResultStatus};
-use scorefleet_core::traits::{Chw, JobQueue, MessageSink, OutcomeStore, Predictor, Preprocessor, Received};
+use scorefleet_core::traits::{Chw, JobQueue, MessageSink, OutcomeStore, Predictor, Preprocessor};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -157,7 +157,7 @@ where
     let model = predictor.model().clone();
     let ctx = Arc::new(Ctx { ports, settings: settings.clone(), model, metrics, registry, stop: stop.clone() });
     let depth = settings.max_batch.max(10) * 2;
-    let (recv_tx, recv_rx) = mpsc::channel::<Vec<Received>>(settings.receivers.max(1));
+    let (recv_tx, recv_rx) = mpsc::channel::<crate::receive::Delivery>(settings.receivers.max(1));
     let (fetch_tx, fetch_rx) = mpsc::channel::<Job>(depth);
     let (batch_tx, batch_rx) = mpsc::channel::<(Job, Chw)>(depth);
     let (infer_tx, infer_rx) = mpsc::channel::<Vec<(Job, Chw)>>(2);

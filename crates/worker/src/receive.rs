@@ -3,13 +3,22 @@
 //! is retried with exponential backoff and jitter, reset by the next success.
 
 use crate::pipeline::{Ctx, backoff};
-use scorefleet_core::traits::{JobQueue, Received};
+use scorefleet_core::traits::{JobQueue, Received, now_ms};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use tokio::sync::mpsc;
 
+/// One receive's messages and when they arrived.
+pub(crate) struct Delivery {
+    /// Epoch ms at which the receive answered: the start of the messages'
+    /// visibility timeout, as near as the worker can tell.
+    pub(crate) at_ms: u64,
+    /// What it answered.
+    pub(crate) msgs: Vec<Received>,
+}
+
 /// One long-poll loop; ends when `stop` is cancelled or the intake is gone.
-pub(crate) async fn run<Q: JobQueue, S, O, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, tx: mpsc::Sender<Vec<Received>>) {
+pub(crate) async fn run<Q: JobQueue, S, O, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, tx: mpsc::Sender<Delivery>) {
     let mut failures = 0u32;
     loop {
         let poll = ctx.ports.queue.receive(10, ctx.settings.wait);
@@ -41,7 +50,9 @@ pub(crate) async fn run<Q: JobQueue, S, O, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, t
                     continue;
                 }
                 ctx.metrics.received.fetch_add(msgs.len() as u64, Ordering::Relaxed);
-                if tx.send(msgs).await.is_err() {
+                // The messages' visibility runs from (about) now, not from
+                // when they are claimed: they may wait in the channel first.
+                if tx.send(Delivery { at_ms: now_ms(), msgs }).await.is_err() {
                     return;
                 }
             }
