@@ -23,6 +23,8 @@ pub struct Stats {
     pub failed: u64,
     /// Failures by error kind.
     pub errors_by_kind: BTreeMap<String, u64>,
+    /// The first failed jobs, in file order: (error kind, message, job id, url).
+    pub failures: Vec<(String, String, String, String)>,
     /// Top-1 label counts.
     pub labels: BTreeMap<String, u64>,
     /// Top-1 score histogram, 10 bins over [0, 1].
@@ -55,6 +57,8 @@ impl Stats {
 
 /// How many rows the "slowest" and "least confident" tables list.
 const TOP_N: usize = 10;
+/// How many failed jobs the report lists (all of them are counted).
+const FAILURES_LISTED: usize = 50;
 
 /// Reads a results JSONL stream and computes the statistics.
 pub fn stats<R: BufRead>(reader: R) -> std::io::Result<Stats> {
@@ -83,6 +87,10 @@ pub fn stats<R: BufRead>(reader: R) -> std::io::Result<Stats> {
                 s.failed += 1;
                 let kind = r.error.as_ref().map_or("unknown", |e| e.kind.as_str());
                 *s.errors_by_kind.entry(kind.to_owned()).or_default() += 1;
+                if s.failures.len() < FAILURES_LISTED {
+                    let message = r.error.as_ref().map_or("", |e| e.message.as_str());
+                    s.failures.push((kind.to_owned(), message.to_owned(), r.job_id.clone(), r.url.clone()));
+                }
             }
             ResultStatus::Ok => {
                 s.succeeded += 1;
@@ -136,6 +144,7 @@ pub fn html(s: &Stats, title: &str) -> String {
         t = esc(title)
     );
     let acc = s.accuracy().map_or("—".into(), |a| format!("{:.2}%", a * 100.0));
+    let acc_label = if s.labelled > 0 { format!("accuracy, {} labelled", s.labelled) } else { "accuracy (no labels)".into() };
     let rate = if s.span_s > 0.0 { format!("{:.1}/s", s.jobs as f64 / s.span_s) } else { "—".into() };
     let _ = write!(
         h,
@@ -143,7 +152,7 @@ pub fn html(s: &Stats, title: &str) -> String {
         card("jobs", &s.jobs.to_string(), "id=jobs"),
         card("succeeded", &s.succeeded.to_string(), "id=succeeded"),
         card("failed", &s.failed.to_string(), "id=failed"),
-        card("accuracy", &acc, "id=accuracy"),
+        card(&acc_label, &acc, "id=accuracy"),
         card("result rate, first to last result", &rate, "id=throughput"),
     );
     h.push_str("<section><h2>Errors by kind</h2>");
@@ -155,6 +164,7 @@ pub fn html(s: &Stats, title: &str) -> String {
             let _ = write!(h, "<tr><td>{}</td><td class=num>{n}</td></tr>", esc(k));
         }
         h.push_str("</table>");
+        h.push_str(&failures_table(s));
     }
     h.push_str("</section><section class=charts>");
     let labels: Vec<(String, u64)> = s.labels.iter().map(|(k, v)| (k.clone(), *v)).collect();
@@ -175,7 +185,9 @@ pub fn html(s: &Stats, title: &str) -> String {
     if s.labelled > 0 {
         h.push_str(&confusion_table(s));
     }
-    h.push_str("<section><h2>Slowest jobs</h2><table id=slowest><tr><th>latency</th><th>job</th><th>url</th></tr>");
+    h.push_str(
+        "<section><h2>Slowest jobs</h2><p>Latency: from the worker's receipt of the message to its result.</p><table id=slowest><tr><th>latency</th><th>job</th><th>url</th></tr>",
+    );
     for (ms, id, url) in &s.slowest {
         let _ = write!(h, "<tr><td class=num>{ms} ms</td><td>{}</td><td>{}</td></tr>", esc(id), esc(url));
     }
@@ -195,6 +207,32 @@ pub fn html(s: &Stats, title: &str) -> String {
             write!(h, "<p class=warn>{} unreadable lines in the results file were skipped.</p>", s.unreadable_lines);
     }
     h.push_str("</body></html>\n");
+    h
+}
+
+fn failures_table(s: &Stats) -> String {
+    let mut h = String::from(
+        "<h3>Failed jobs</h3><table id=failures><tr><th>kind</th><th>message</th><th>job</th><th>url</th></tr>",
+    );
+    for (kind, message, id, url) in &s.failures {
+        let _ = write!(
+            h,
+            "<tr><td>{}</td><td class=msg>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(kind),
+            esc(message),
+            esc(id),
+            esc(url)
+        );
+    }
+    h.push_str("</table>");
+    if s.failed > s.failures.len() as u64 {
+        let _ = write!(
+            h,
+            "<p>The first {} of {} failed jobs; every result is in the collected JSONL and CSV files.</p>",
+            s.failures.len(),
+            s.failed
+        );
+    }
     h
 }
 
@@ -243,7 +281,7 @@ fn bar_chart(data: &[(String, u64)], y_desc: &str) -> String {
             .margin(8)
             .x_label_area_size(28)
             .y_label_area_size(44)
-            .build_cartesian_2d((0..n).into_segmented(), 0f64..ymax)
+            .build_cartesian_2d((0..n - 1).into_segmented(), 0f64..ymax)
         else {
             return svg_error();
         };
@@ -255,6 +293,7 @@ fn bar_chart(data: &[(String, u64)], y_desc: &str) -> String {
                 SegmentValue::CenterOf(i) => data.get(*i).map(|d| d.0.clone()).unwrap_or_default(),
                 _ => String::new(),
             })
+            .y_label_formatter(&|y| format!("{y:.0}"))
             .y_desc(y_desc)
             .draw();
         let _ = chart.draw_series(data.iter().enumerate().map(|(i, (_, v))| {
@@ -285,7 +324,12 @@ fn line_chart(points: &[(f64, f64)]) -> String {
         else {
             return svg_error();
         };
-        let _ = chart.configure_mesh().x_desc("seconds since first result").y_desc("results/s").draw();
+        let _ = chart
+            .configure_mesh()
+            .y_label_formatter(&|y| format!("{y:.0}"))
+            .x_desc("seconds since first result")
+            .y_desc("results/s")
+            .draw();
         let _ = chart.draw_series(LineSeries::new(points.iter().copied(), RGBColor(31, 119, 180).stroke_width(2)));
         let _ = root.present();
     }
@@ -307,7 +351,8 @@ h1{font-size:22px}h2{font-size:17px;margin-top:28px}\
 .card .label{color:#666;font-size:12px;text-transform:uppercase}.card .value{font-size:24px;font-weight:600}\
 .charts{display:flex;gap:16px;flex-wrap:wrap}figure{margin:0}figcaption{font-weight:600;margin:8px 0}\
 table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}td.num{text-align:right}\
-.matrix td{text-align:right;min-width:36px}.warn{color:#b00}";
+.matrix td{text-align:right;min-width:36px}.warn{color:#b00}h3{font-size:15px;margin:16px 0 6px}\
+td.msg{max-width:560px;overflow-wrap:anywhere}";
 
 #[cfg(test)]
 mod tests {
@@ -349,6 +394,11 @@ mod tests {
         assert!(html.contains("<div class=value id=jobs>4</div>"));
         assert!(html.contains("<div class=value id=accuracy>66.67%</div>"));
         assert!(html.contains("<td>decode</td><td class=num>1</td>"));
+        assert_eq!(s.failures.len(), 1);
+        assert!(
+            html.contains("<tr><td>decode</td><td class=msg>m &lt;b&gt;</td><td>d</td><td>s3://b/d</td></tr>"),
+            "the failed job is listed with its message and url"
+        );
         assert!(html.matches("<svg").count() >= 3, "three inline charts");
         assert!(!html.contains("<b>"), "messages are escaped");
         assert!(html.contains("id=confusion"));
