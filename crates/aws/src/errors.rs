@@ -8,7 +8,7 @@
 //! - everything else (missing resources, access denied, validation, bad
 //!   configuration) → [`ServiceError::Permanent`].
 
-use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_sqs::error::ProvideErrorMetadata;
 use scorefleet_core::traits::ServiceError;
 
 /// smithy's error type; the three SDK crates share it (same
@@ -74,12 +74,55 @@ pub fn is_transient<E: ProvideErrorMetadata>(err: &SdkError<E>) -> bool {
     }
 }
 
+/// Longest error description kept (results and logs carry it).
+const DESCRIBE_MAX: usize = 400;
+
+/// A one-line description of an SDK error: the service's code, message and
+/// HTTP status, or the chain of causes of a failure to get an answer. Not
+/// the SDK's `DisplayErrorContext`, which appends the Debug form of the raw
+/// response (headers, body, request ids: about 2 KB per failed GetObject,
+/// copied into every error result).
+pub fn describe<E>(err: &SdkError<E>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    let mut out = match err {
+        SdkError::ServiceError(ctx) => {
+            let status = ctx.raw().status().as_u16();
+            match (ctx.err().code(), ctx.err().message()) {
+                (Some(code), Some(message)) => format!("{code}: {message} (HTTP {status})"),
+                (Some(code), None) => format!("{code} (HTTP {status})"),
+                _ => format!("HTTP {status}: {}", ctx.err()),
+            }
+        }
+        other => {
+            let mut s = other.to_string();
+            let mut cause = std::error::Error::source(other);
+            while let Some(c) = cause {
+                let text = c.to_string();
+                if !s.ends_with(&text) {
+                    s.push_str(": ");
+                    s.push_str(&text);
+                }
+                cause = c.source();
+            }
+            s
+        }
+    };
+    if out.len() > DESCRIBE_MAX {
+        let cut = (0..=DESCRIBE_MAX).rev().find(|i| out.is_char_boundary(*i)).unwrap_or(0);
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
 /// Maps an SDK error for operation `op` to a [`ServiceError`].
 pub fn classify<E>(op: &'static str, err: &SdkError<E>) -> ServiceError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let message = DisplayErrorContext(err).to_string();
+    let message = describe(err);
     if is_transient(err) { ServiceError::Transient { op, message } } else { ServiceError::Permanent { op, message } }
 }
 

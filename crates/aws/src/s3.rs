@@ -13,7 +13,7 @@
 
 use crate::errors::{classify, error_code, http_status, is_transient, permanent};
 use crate::metrics::ApiCounters;
-use aws_sdk_s3::error::{DisplayErrorContext, SdkError};
+use aws_sdk_s3::error::SdkError;
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use aws_sdk_s3::primitives::ByteStream;
 use scorefleet_core::error::{ErrorKind, JobError};
@@ -166,7 +166,7 @@ async fn read_capped(mut body: ByteStream, max_bytes: u64, size_hint: u64) -> Re
 
 /// A failed GetObject as a job failure.
 fn get_error(bucket: &str, key: &str, e: &SdkError<GetObjectError>) -> JobError {
-    let detail = format!("s3://{bucket}/{key}: {}", DisplayErrorContext(e));
+    let detail = format!("s3://{bucket}/{key}: {}", crate::errors::describe(e));
     if let SdkError::ServiceError(ctx) = e
         && matches!(ctx.err(), GetObjectError::NoSuchKey(_))
     {

@@ -56,7 +56,12 @@ async fn get_enforces_the_byte_cap_and_types_its_failures() {
     assert_eq!(store.get(&bucket, "img/x.png", 100).await, Ok(bytes));
     assert_eq!(store.get(&bucket, "img/x.png", 99).await.map_err(|e| e.kind), Err(ErrorKind::TooLarge));
     assert_eq!(store.get(&bucket, "img/empty", 0).await, Ok(Vec::new()));
-    assert_eq!(store.get(&bucket, "img/missing", 100).await.map_err(|e| e.kind), Err(ErrorKind::FetchNotFound));
+    let missing = store.get(&bucket, "img/missing", 100).await.expect_err("a missing key fails");
+    assert_eq!(missing.kind, ErrorKind::FetchNotFound);
+    // The message travels in every error result: the code and the status, not
+    // the raw response (headers, body, request ids) the SDK's Debug form adds.
+    assert!(missing.message.contains("NoSuchKey") && missing.message.contains("404"), "{}", missing.message);
+    assert!(missing.message.len() < 300 && !missing.message.contains("headers"), "{}", missing.message);
     let no_bucket = common::unique("nobucket");
     assert_eq!(store.get(&no_bucket, "k", 100).await.map_err(|e| e.kind), Err(ErrorKind::FetchDenied));
     common::delete_bucket(&cfg, &bucket).await;

@@ -144,7 +144,8 @@ pub fn html(s: &Stats, title: &str) -> String {
         t = esc(title)
     );
     let acc = s.accuracy().map_or("—".into(), |a| format!("{:.2}%", a * 100.0));
-    let acc_label = if s.labelled > 0 { format!("accuracy, {} labelled", s.labelled) } else { "accuracy (no labels)".into() };
+    let acc_label =
+        if s.labelled > 0 { format!("accuracy, {} labelled", s.labelled) } else { "accuracy (no labels)".into() };
     let rate = if s.span_s > 0.0 { format!("{:.1}/s", s.jobs as f64 / s.span_s) } else { "—".into() };
     let _ = write!(
         h,
