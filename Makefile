@@ -7,12 +7,13 @@
 #   make fmt | lint   rustfmt; rustfmt --check + clippy -D warnings
 #   make demo         the demo: local emulator, bundled model, sample archive, summary
 #   make demo-ci      a smaller demo on the debug build, asserting on its summary
+#   make chaos-ci     a short bench/chaos run on the debug build (0 lost, 0 double outcomes, 0 stranded)
 #   make validate-deploy  offline lint/schema checks of deploy/ and docker-compose.yml (~5 s warm)
 
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: test test-moto nextest fmt lint validate-deploy demo demo-ci
+.PHONY: test test-moto nextest fmt lint validate-deploy demo demo-ci chaos-ci
 
 # Doc tests need no emulator; the nextest build comes first so the emulator
 # does not idle through compilation.
@@ -32,6 +33,17 @@ demo:
 demo-ci:
 	$(CARGO) build -p scorefleet-worker -p scorefleet-producer
 	DEMO_PROFILE=debug DEMO_COUNT=300 DEMO_CHECK=1 DEMO_OUT=out/demo-ci scripts/with-stack.sh scripts/demo.sh
+
+# bench/chaos, shortened for CI: 3,000 jobs, 3 debug-build workers, a kill -9
+# every second, a SIGTERM every 2 s, a 1 s network cut every 3 s, no
+# fault-free baseline. Exits non-zero on any lost, doubly scored or stranded
+# job, or when the run ended before every kind of fault happened.
+CHAOS_TARGET_DIR = $(or $(CARGO_TARGET_DIR),target)
+chaos-ci:
+	$(CARGO) build -p scorefleet-worker -p scorefleet-producer --bins
+	BENCH_NO_BUILD=1 bench/chaos --jobs 3000 --unique 300 --workers 3 --kill-every 1 --term-every 2 \
+	    --cut-every 3 --cut-seconds 1 --no-baseline --require-faults --timeout 600 \
+	    --bin-dir $(CHAOS_TARGET_DIR)/debug --out out/chaos-ci --json
 
 test-moto:
 	SCOREFLEET_EMULATOR=moto $(MAKE) --no-print-directory test

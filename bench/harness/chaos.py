@@ -276,6 +276,9 @@ def main():
     ap.add_argument("--bin-dir", help="release binaries (default: $CARGO_TARGET_DIR/release or target/release)")
     ap.add_argument("--out", default="out/bench-chaos")
     ap.add_argument("--timeout", type=float, default=1800)
+    ap.add_argument("--require-faults", action="store_true",
+                    help="fail unless at least one kill -9, one SIGTERM and one cut happened (CI: a run too "
+                         "short for its faults proves nothing)")
     args = ap.parse_args()
     bins = bin_dir(args.bin_dir)
     args.out = os.path.join(ROOT, args.out)
@@ -305,6 +308,9 @@ def main():
         summary["wall_ratio_vs_fault_free"] = chaos["wall_s"] / baseline["wall_s"]
     ok = (chaos["lost"] == 0 and chaos["double_outcomes"] == 0 and chaos["stranded"] == 0
           and (baseline is None or baseline["lost"] == 0))
+    if args.require_faults and min(chaos["crashes"], chaos["sigterms"], chaos["network_cuts"]) == 0:
+        log(TOOL, "FAILED: the run ended before every kind of fault happened (--require-faults)")
+        ok = False
     summary["ok"] = ok
     if not args.json:
         print(f"chaos: {chaos['jobs']} jobs, {args.workers} workers, {chaos['crashes']} kill -9, "
