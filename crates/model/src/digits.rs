@@ -6,6 +6,9 @@
 //! `fc1.bias`, …) in the safetensors file, so a model trained in PyTorch with
 //! the same layout loads too.
 
+use crate::error::ModelError;
+use crate::nhwc::{Activations, Epilogue, GemmConv};
+use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig, PaddingConfig2d, Relu};
@@ -58,6 +61,53 @@ impl DigitsNet {
         let x = x.reshape([batch, c * h * w]);
         let x = self.dropout.forward(self.activation.forward(self.fc1.forward(x)));
         self.fc2.forward(x)
+    }
+}
+
+/// [`DigitsNet`] prepared for the NHWC inference path ([`crate::nhwc`]): same
+/// weights, each convolution + bias + ReLU + 2×2 pooling one fused layer.
+#[derive(Debug, Clone)]
+pub struct DigitsNhwc {
+    conv1: GemmConv,
+    conv2: GemmConv,
+    // fc1 with its input rows reordered from NCHW (c, y, x) to NHWC (y, x, c)
+    // flattening, so the pooled activations feed it without a transpose.
+    fc1: Linear,
+    fc2: Linear,
+}
+
+impl DigitsNhwc {
+    /// Lays out `net`'s weights for the NHWC path.
+    pub fn new(net: &DigitsNet) -> Result<Self, ModelError> {
+        let w = net.fc1.weight.val(); // [64·4·4 (c, y, x), HIDDEN]
+        let [inputs, hidden] = w.dims();
+        let channels = net.conv2.weight.dims()[0];
+        let plane = inputs / channels;
+        let w = w.reshape([channels, plane, hidden]).swap_dims(0, 1).reshape([inputs, hidden]);
+        let device = w.device();
+        let fc1 = Linear {
+            weight: Param::from_tensor(Tensor::from_data(w.into_data(), &device)),
+            bias: net.fc1.bias.clone(),
+        };
+        Ok(Self {
+            conv1: GemmConv::from_conv(&net.conv1)?,
+            conv2: GemmConv::from_conv(&net.conv2)?,
+            fc1,
+            fc2: net.fc2.clone(),
+        })
+    }
+
+    /// images: [batch, 1, 28, 28], normalised → logits: [batch, 10]
+    pub fn forward(&self, images: Tensor<4>) -> Result<Tensor<2>, ModelError> {
+        let device = images.device();
+        let fused = Epilogue { relu: true, pool2: true, ..Epilogue::default() };
+        let x = Activations::from_nchw(images)?;
+        let x = self.conv1.forward(&x, fused)?;
+        let x = self.conv2.forward(&x, fused)?;
+        let features = x.height * x.width * x.channels;
+        let x = Tensor::<2>::from_data(TensorData::new(x.data, [x.batch, features]), &device);
+        let x = burn::tensor::activation::relu(self.fc1.forward(x));
+        Ok(self.fc2.forward(x))
     }
 }
 

@@ -10,6 +10,7 @@
 //! [`ResNet18`], which has no BatchNorm at all.
 
 use crate::error::ModelError;
+use crate::nhwc::{Activations, Epilogue, GemmConv};
 use crate::weights;
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -189,5 +190,65 @@ impl ResNet18 {
         let x = self.avgpool.forward(x);
         let [batch, c, _, _] = x.dims();
         self.fc.forward(x.reshape([batch, c]))
+    }
+}
+
+/// A [`Block`] prepared for the NHWC path.
+#[derive(Debug, Clone)]
+struct BlockNhwc {
+    conv1: GemmConv,
+    conv2: GemmConv,
+    downsample: Option<GemmConv>,
+}
+
+/// [`ResNet18`] prepared for the NHWC inference path ([`crate::nhwc`]): same
+/// (folded) weights; bias + ReLU, and bias + shortcut + ReLU, fused into the
+/// convolutions.
+#[derive(Debug, Clone)]
+pub struct ResNet18Nhwc {
+    conv1: GemmConv,
+    blocks: Vec<BlockNhwc>,
+    fc: Linear,
+}
+
+impl ResNet18Nhwc {
+    /// Lays out `net`'s weights for the NHWC path.
+    pub fn new(net: &ResNet18) -> Result<Self, ModelError> {
+        let blocks = net
+            .layer1
+            .iter()
+            .chain(&net.layer2)
+            .chain(&net.layer3)
+            .chain(&net.layer4)
+            .map(|b| {
+                Ok(BlockNhwc {
+                    conv1: GemmConv::from_conv(&b.conv1)?,
+                    conv2: GemmConv::from_conv(&b.conv2)?,
+                    downsample: b.downsample.as_ref().map(GemmConv::from_conv).transpose()?,
+                })
+            })
+            .collect::<Result<_, ModelError>>()?;
+        Ok(Self { conv1: GemmConv::from_conv(&net.conv1)?, blocks, fc: net.fc.clone() })
+    }
+
+    /// images: [batch, 3, height, width], normalised → logits: [batch, classes]
+    pub fn forward(&self, images: Tensor<4>) -> Result<Tensor<2>, ModelError> {
+        let device = images.device();
+        let relu = Epilogue { relu: true, ..Epilogue::default() };
+        let x = Activations::from_nchw(images)?;
+        // The stem's 3×3 stride-2 max-pool, padding 1, as torchvision's.
+        let mut x = self.conv1.forward(&x, relu)?.max_pool(3, 2, 1);
+        for block in &self.blocks {
+            let shortcut = match &block.downsample {
+                Some(d) => Some(d.forward(&x, Epilogue::default())?),
+                None => None,
+            };
+            let y = block.conv1.forward(&x, relu)?;
+            let residual = Some(shortcut.as_ref().unwrap_or(&x));
+            x = block.conv2.forward(&y, Epilogue { residual, relu: true, pool2: false })?;
+        }
+        let features = x.global_mean();
+        let x = Tensor::<2>::from_data(TensorData::new(features, [x.batch, x.channels]), &device);
+        Ok(self.fc.forward(x))
     }
 }

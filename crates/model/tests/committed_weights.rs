@@ -35,8 +35,8 @@ fn committed_digits_weights_match_their_manifest_and_score_the_sample() {
     assert_eq!(model.model_ref.version, format!("sha256:{}", sha256_hex(&bytes)));
 
     let sample = Mnist::test(&mnist::default_dir()).expect("mnist").take(1000);
-    let Network::Digits(net) = &model.network else { panic!("digits network") };
-    let acc = train::evaluate(net, &sample, 250, &model.device).expect("eval");
+    let Network::Digits { reference, .. } = &model.network else { panic!("digits network") };
+    let acc = train::evaluate(reference, &sample, 250, &model.device).expect("eval");
     assert!(acc >= 0.98, "accuracy {acc} on the first 1,000 test images");
 }
 

@@ -9,7 +9,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use scorefleet_model::backend::BackendKind;
-use scorefleet_model::bench::bench_network;
+use scorefleet_model::bench::{ForwardPath, bench_network};
 use scorefleet_model::manifest::{Channels, Manifest, repo_manifest};
 use scorefleet_model::mnist::{self, Mnist};
 use scorefleet_model::predictor::Network;
@@ -100,6 +100,9 @@ enum Command {
         /// Minimum seconds per measurement.
         #[arg(long, default_value_t = 1.0)]
         min_seconds: f64,
+        /// Forward paths, comma-separated: `nhwc` (served) and/or `reference` (burn modules).
+        #[arg(long, value_delimiter = ',', default_value = "nhwc")]
+        paths: Vec<ForwardPath>,
     },
 }
 
@@ -173,7 +176,7 @@ fn main() -> Result<()> {
                 );
             }
         }
-        Command::Bench { arch, weights: wpath, input, classes, batches, backends, min_seconds } => {
+        Command::Bench { arch, weights: wpath, input, classes, batches, backends, min_seconds, paths } => {
             let bytes = std::fs::read(&wpath).with_context(|| wpath.display().to_string())?;
             let raw = std::fs::read(&input).with_context(|| input.display().to_string())?;
             let st = safetensors::SafeTensors::deserialize(&raw)?;
@@ -188,17 +191,20 @@ fn main() -> Result<()> {
             for backend in backends {
                 let net =
                     Network::load(&arch, classes, bytes.clone(), &wpath.display().to_string(), &backend.device())?;
-                let rows = bench_network(
-                    &arch,
-                    &net,
-                    backend,
-                    &data,
-                    [shape[1], shape[2], shape[3]],
-                    &batches,
-                    std::time::Duration::from_secs_f64(min_seconds),
-                )?;
-                for row in rows {
-                    println!("{}", serde_json::to_string(&row)?);
+                for &path in &paths {
+                    let rows = bench_network(
+                        &arch,
+                        &net,
+                        backend,
+                        path,
+                        &data,
+                        [shape[1], shape[2], shape[3]],
+                        &batches,
+                        std::time::Duration::from_secs_f64(min_seconds),
+                    )?;
+                    for row in rows {
+                        println!("{}", serde_json::to_string(&row)?);
+                    }
                 }
             }
         }

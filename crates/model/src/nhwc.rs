@@ -1,0 +1,388 @@
+//! The inference path: channels-last activations, every convolution as
+//! im2col + one burn `matmul` per chunk of output rows, with bias, residual,
+//! ReLU and 2×2 max-pooling fused into the pass that reads the matmul's output.
+//!
+//! Why: burn-flex's `conv2d` converts its input to NHWC, re-lays out the
+//! weights, allocates an im2col tile per (image, tile) and scatters the result
+//! back to NCHW on every call, then bias, ReLU, residual add and pooling each
+//! take another pass over memory. Here activations stay NHWC between layers,
+//! so a convolution's output `[batch·h·w, c_out]` is already the next layer's
+//! input, the weights are laid out once at load (`[kh·kw·c_in, c_out]`), and
+//! the only heavy kernel is burn's matmul (the `gemm` crate on flex) on the
+//! model's own device. Chunks of output rows run in parallel (rayon); each
+//! chunk's im2col buffer stays in cache.
+//!
+//! The burn modules ([`crate::digits::DigitsNet`], [`crate::resnet::ResNet18`])
+//! remain the reference: tests assert this path gives the same logits.
+
+use crate::error::ModelError;
+use burn::nn::PaddingConfig2d;
+use burn::nn::conv::Conv2d;
+use burn::prelude::*;
+use rayon::prelude::*;
+use std::ops::Range;
+
+/// im2col floats per chunk (512 KB): a chunk's im2col buffer and matmul
+/// output stay in L2. Measured on digits at batch 128: 4 MB chunks cost twice
+/// the CPU time of 256–512 KB ones.
+const CHUNK_FLOATS: usize = 1 << 17;
+/// Fewest output rows per chunk (unless the layer has fewer): every matmul
+/// packs the whole weight matrix, so a chunk must be long enough to amortise
+/// that (ResNet's last stage has 4608×512 weights).
+const MIN_ROWS: usize = 512;
+
+/// A batch of activations, channels last.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Activations {
+    /// `[batch, height, width, channels]`, row-major.
+    pub data: Vec<f32>,
+    /// Images.
+    pub batch: usize,
+    /// Rows.
+    pub height: usize,
+    /// Columns.
+    pub width: usize,
+    /// Channels (innermost).
+    pub channels: usize,
+}
+
+impl Activations {
+    /// Converts an NCHW tensor: images: [batch, channels, height, width] → NHWC.
+    pub fn from_nchw(images: Tensor<4>) -> Result<Self, ModelError> {
+        let [batch, channels, height, width] = images.dims();
+        let data = images.into_data();
+        let src = data.as_slice::<f32>().map_err(|e| ModelError::Inference(format!("input: {e:?}")))?;
+        let plane = height * width;
+        let data = if channels == 1 {
+            src.to_vec()
+        } else {
+            let mut out = vec![0.0; src.len()];
+            for (img_out, img_in) in out.chunks_exact_mut(channels * plane).zip(src.chunks_exact(channels * plane)) {
+                for (c, ch) in img_in.chunks_exact(plane).enumerate() {
+                    for (p, v) in ch.iter().enumerate() {
+                        img_out[p * channels + c] = *v;
+                    }
+                }
+            }
+            out
+        };
+        Ok(Self { data, batch, height, width, channels })
+    }
+
+    /// Pixels per image.
+    fn plane(&self) -> usize {
+        self.height * self.width
+    }
+
+    /// Mean over height and width: [batch, h, w, c] → [batch, c] (global average pooling).
+    pub fn global_mean(&self) -> Vec<f32> {
+        let c = self.channels;
+        let scale = 1.0 / self.plane() as f32;
+        let mut out = vec![0.0; self.batch * c];
+        for (img, acc) in self.data.chunks_exact(self.plane() * c).zip(out.chunks_exact_mut(c)) {
+            for px in img.chunks_exact(c) {
+                acc.iter_mut().zip(px).for_each(|(a, v)| *a += v);
+            }
+            acc.iter_mut().for_each(|a| *a *= scale);
+        }
+        out
+    }
+
+    /// Max pooling, `k`×`k` window, stride `s`, `p` implicit -∞ padding on every side
+    /// (floor mode): [batch, h, w, c] → [batch, h', w', c].
+    pub fn max_pool(&self, k: usize, s: usize, p: usize) -> Activations {
+        let (c, h, w) = (self.channels, self.height, self.width);
+        let oh = (h + 2 * p - k) / s + 1;
+        let ow = (w + 2 * p - k) / s + 1;
+        let mut out = vec![f32::NEG_INFINITY; self.batch * oh * ow * c];
+        out.par_chunks_mut(ow * c).enumerate().for_each(|(row, dst)| {
+            let (b, oy) = (row / oh, row % oh);
+            let img = &self.data[b * h * w * c..(b + 1) * h * w * c];
+            for ky in 0..k {
+                let Some(iy) = (oy * s + ky).checked_sub(p).filter(|&y| y < h) else { continue };
+                for (ox, px) in dst.chunks_exact_mut(c).enumerate() {
+                    for kx in 0..k {
+                        let Some(ix) = (ox * s + kx).checked_sub(p).filter(|&x| x < w) else { continue };
+                        let src = &img[(iy * w + ix) * c..(iy * w + ix + 1) * c];
+                        px.iter_mut().zip(src).for_each(|(m, v)| *m = m.max(*v));
+                    }
+                }
+            }
+        });
+        Activations { data: out, batch: self.batch, height: oh, width: ow, channels: c }
+    }
+}
+
+/// What happens to a convolution's output before it is stored.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Epilogue<'a> {
+    /// Added after the bias (the ResNet shortcut), same shape as the output.
+    pub residual: Option<&'a Activations>,
+    /// `max(0, ·)` last.
+    pub relu: bool,
+    /// 2×2 stride-2 max-pooling (floor mode) of the result.
+    pub pool2: bool,
+}
+
+/// A convolution prepared for im2col + matmul on NHWC activations.
+#[derive(Debug, Clone)]
+pub struct GemmConv {
+    /// [kh·kw·c_in, c_out], rows ordered (ky, kx, c_in) like an NHWC patch.
+    weight: Tensor<2>,
+    /// [c_out]
+    bias: Vec<f32>,
+    c_in: usize,
+    c_out: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    /// (top, left); bottom and right equal them (checked at load).
+    pad: [usize; 2],
+}
+
+impl GemmConv {
+    /// Lays out a burn convolution's weights for this path. Refuses what it does
+    /// not implement (groups, dilation, asymmetric or `Same` padding).
+    pub fn from_conv(conv: &Conv2d) -> Result<Self, ModelError> {
+        let unsupported = |what: &str| ModelError::Invalid(format!("NHWC convolution: {what} is not supported"));
+        if conv.groups != 1 {
+            return Err(unsupported("groups"));
+        }
+        if conv.dilation != [1, 1] {
+            return Err(unsupported("dilation"));
+        }
+        let pad = match conv.padding {
+            PaddingConfig2d::Valid => [0, 0],
+            PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => [top, left],
+            _ => return Err(unsupported("asymmetric or `Same` padding")),
+        };
+        let w = conv.weight.val();
+        let [c_out, c_in, kh, kw] = w.dims();
+        // [c_out, c_in, kh, kw] → [kh, kw, c_in, c_out] → [kh·kw·c_in, c_out]
+        let weight = w.permute([2, 3, 1, 0]).reshape([kh * kw * c_in, c_out]);
+        let bias = match &conv.bias {
+            Some(b) => b
+                .val()
+                .into_data()
+                .try_to_vec::<f32>()
+                .map_err(|e| ModelError::Invalid(format!("convolution bias: {e:?}")))?,
+            None => vec![0.0; c_out],
+        };
+        // Materialise the permuted layout once, not on every matmul.
+        let device = weight.device();
+        let weight = Tensor::<2>::from_data(weight.into_data(), &device);
+        Ok(Self { weight, bias, c_in, c_out, kernel: [kh, kw], stride: conv.stride, pad })
+    }
+
+    /// Output height and width for an input of `h`×`w`.
+    fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
+        let o = |n: usize, i: usize| (n + 2 * self.pad[i]).saturating_sub(self.kernel[i]) / self.stride[i] + 1;
+        (o(h, 0), o(w, 1))
+    }
+
+    /// x: [batch, h, w, c_in] → [batch, h', w', c_out] (h'/2, w'/2 with `pool2`),
+    /// `epilogue(conv(x) + bias)`.
+    pub fn forward(&self, x: &Activations, epilogue: Epilogue<'_>) -> Result<Activations, ModelError> {
+        if x.channels != self.c_in {
+            return Err(ModelError::Inference(format!("convolution takes {} channels, got {}", self.c_in, x.channels)));
+        }
+        let (oh, ow) = self.out_hw(x.height, x.width);
+        let k = self.kernel[0] * self.kernel[1] * self.c_in;
+        let rows = x.batch * oh * ow;
+        let (ph, pw) = if epilogue.pool2 { (oh / 2, ow / 2) } else { (oh, ow) };
+        if let Some(r) = epilogue.residual
+            && (r.batch, r.height, r.width, r.channels) != (x.batch, ph, pw, self.c_out)
+        {
+            return Err(ModelError::Inference("residual shape differs from the convolution output".into()));
+        }
+        // Rows per chunk: a whole number of images when pooling (a window never
+        // straddles two chunks), else a share of the rows bounded by CHUNK_FLOATS;
+        // at least one chunk per thread.
+        let threads = rayon::current_num_threads().max(1);
+        let (chunk_rows, out_per_chunk) = if epilogue.pool2 {
+            let imgs = (CHUNK_FLOATS / (oh * ow * k).max(1)).min(x.batch.div_ceil(threads)).max(1);
+            (imgs * oh * ow, imgs * ph * pw)
+        } else {
+            let r = (CHUNK_FLOATS / k).max(MIN_ROWS).min(rows.div_ceil(threads)).max(1);
+            (r, r)
+        };
+        let mut out = vec![0.0f32; x.batch * ph * pw * self.c_out];
+        if out.is_empty() {
+            return Ok(Activations { data: out, batch: x.batch, height: ph, width: pw, channels: self.c_out });
+        }
+        out.par_chunks_mut(out_per_chunk * self.c_out).enumerate().try_for_each(|(i, dst)| {
+            let start = i * chunk_rows;
+            let range = start..(start + chunk_rows).min(rows);
+            let y = self.matmul_rows(x, range.clone(), (oh, ow), k)?;
+            let y = y.as_slice::<f32>().map_err(|e| ModelError::Inference(format!("matmul output: {e:?}")))?;
+            let out_start = i * out_per_chunk;
+            self.finish(y, dst, out_start, epilogue, (oh, ow));
+            Ok::<(), ModelError>(())
+        })?;
+        Ok(Activations { data: out, batch: x.batch, height: ph, width: pw, channels: self.c_out })
+    }
+
+    /// im2col of output rows `range` (flattened `(image, y, x)`) → matmul with the weights:
+    /// [range.len(), c_out].
+    fn matmul_rows(
+        &self,
+        x: &Activations,
+        range: Range<usize>,
+        (oh, ow): (usize, usize),
+        k: usize,
+    ) -> Result<TensorData, ModelError> {
+        let n = range.len();
+        // Built by appending, so only padding is ever written twice (no zero-fill
+        // of the whole buffer first).
+        let mut col = Vec::with_capacity(n * k);
+        let [kh, kw] = self.kernel;
+        let c = x.channels;
+        for r in range {
+            let (b, oy, ox) = (r / (oh * ow), (r / ow) % oh, r % ow);
+            let img = &x.data[b * x.plane() * c..(b + 1) * x.plane() * c];
+            // A kernel row is kw·c consecutive floats of one input row (NHWC):
+            // copy the part inside the image, zeros for the rest (padding).
+            let x0 = (ox * self.stride[1]) as isize - self.pad[1] as isize;
+            let kx_lo = (-x0).clamp(0, kw as isize) as usize;
+            let kx_hi = (x.width as isize - x0).clamp(0, kw as isize) as usize;
+            for ky in 0..kh {
+                match (oy * self.stride[0] + ky).checked_sub(self.pad[0]).filter(|&y| y < x.height) {
+                    Some(iy) if kx_lo < kx_hi => {
+                        let src0 = ((iy * x.width) as isize + x0 + kx_lo as isize) as usize;
+                        col.resize(col.len() + kx_lo * c, 0.0);
+                        col.extend_from_slice(&img[src0 * c..(src0 + kx_hi - kx_lo) * c]);
+                        col.resize(col.len() + (kw - kx_hi) * c, 0.0);
+                    }
+                    _ => col.resize(col.len() + kw * c, 0.0),
+                }
+            }
+        }
+        debug_assert_eq!(col.len(), n * k);
+        let lhs = Tensor::<2>::from_data(TensorData::new(col, [n, k]), &self.weight.device());
+        Ok(lhs.matmul(self.weight.clone()).into_data())
+    }
+
+    /// Writes `epilogue(y + bias)` of the chunk whose first output row is `out_start` into `dst`.
+    fn finish(&self, y: &[f32], dst: &mut [f32], out_start: usize, epilogue: Epilogue<'_>, (oh, ow): (usize, usize)) {
+        let c = self.c_out;
+        if epilogue.pool2 {
+            // y holds whole images [n, oh, ow, c]; dst [n, oh/2, ow/2, c].
+            let (ph, pw) = (oh / 2, ow / 2);
+            for (j, px) in dst.chunks_exact_mut(c).enumerate() {
+                let (img, py, qx) = (j / (ph * pw), (j / pw) % ph, j % pw);
+                let at = |dy: usize, dx: usize| {
+                    let r = img * oh * ow + (2 * py + dy) * ow + 2 * qx + dx;
+                    &y[r * c..(r + 1) * c]
+                };
+                let (a, b, cc, d) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
+                for (i, o) in px.iter_mut().enumerate() {
+                    *o = a[i].max(b[i]).max(cc[i]).max(d[i]) + self.bias[i];
+                }
+            }
+        } else {
+            for (o, v) in dst.chunks_exact_mut(c).zip(y.chunks_exact(c)) {
+                o.iter_mut().zip(v).zip(&self.bias).for_each(|((o, v), b)| *o = v + b);
+            }
+        }
+        if let Some(res) = epilogue.residual {
+            let res = &res.data[out_start * c..out_start * c + dst.len()];
+            dst.iter_mut().zip(res).for_each(|(o, r)| *o += r);
+        }
+        if epilogue.relu {
+            dst.iter_mut().for_each(|o| *o = o.max(0.0));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendKind;
+    use burn::nn::conv::Conv2dConfig;
+    use burn::nn::pool::MaxPool2dConfig;
+    use burn::tensor::Distribution;
+
+    fn nhwc_to_nchw(a: &Activations, device: &Device) -> Tensor<4> {
+        let t =
+            Tensor::<4>::from_data(TensorData::new(a.data.clone(), [a.batch, a.height, a.width, a.channels]), device);
+        t.permute([0, 3, 1, 2])
+    }
+
+    fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
+        assert_eq!(a.dims(), b.dims());
+        let a = a.into_data().try_to_vec::<f32>().expect("f32");
+        let b = b.into_data().try_to_vec::<f32>().expect("f32");
+        a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+    }
+
+    /// Every geometry the networks use, plus odd sizes: (c_in, c_out, k, stride, pad, h, w).
+    const CASES: [(usize, usize, usize, usize, usize, usize, usize); 6] = [
+        (1, 32, 5, 1, 0, 28, 28),
+        (3, 16, 7, 2, 3, 23, 19),
+        (8, 16, 3, 1, 1, 9, 7),
+        (8, 16, 3, 2, 1, 9, 10),
+        (8, 16, 1, 2, 0, 9, 10),
+        (5, 4, 3, 1, 0, 4, 5),
+    ];
+
+    #[test]
+    fn convolution_matches_burn_conv2d_with_bias_residual_relu_and_pooling() {
+        for backend in BackendKind::all() {
+            let device = backend.device();
+            for (c_in, c_out, k, stride, pad, h, w) in CASES {
+                let conv = Conv2dConfig::new([c_in, c_out], [k, k])
+                    .with_stride([stride, stride])
+                    .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+                    .init(&device);
+                let x = Tensor::<4>::random([3, c_in, h, w], Distribution::Normal(0.0, 1.0), &device);
+                let fast = GemmConv::from_conv(&conv).expect("supported");
+                let xa = Activations::from_nchw(x.clone()).expect("nhwc");
+                let reference = conv.forward(x);
+
+                let plain = fast.forward(&xa, Epilogue::default()).expect("forward");
+                assert!(max_diff(nhwc_to_nchw(&plain, &device), reference.clone()) < 1e-4, "{backend} plain");
+
+                let residual =
+                    Activations { data: plain.data.iter().map(|v| v * 0.5 - 0.1).collect(), ..plain.clone() };
+                let fused = fast
+                    .forward(&xa, Epilogue { residual: Some(&residual), relu: true, pool2: false })
+                    .expect("forward");
+                let expected = burn::tensor::activation::relu(reference.clone() + nhwc_to_nchw(&residual, &device));
+                assert!(max_diff(nhwc_to_nchw(&fused, &device), expected) < 1e-4, "{backend} residual + relu");
+
+                let pooled =
+                    fast.forward(&xa, Epilogue { relu: true, pool2: true, ..Epilogue::default() }).expect("pool");
+                let pool = MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init();
+                let expected = pool.forward(burn::tensor::activation::relu(reference));
+                assert!(max_diff(nhwc_to_nchw(&pooled, &device), expected) < 1e-4, "{backend} relu + pool2");
+            }
+        }
+    }
+
+    #[test]
+    fn max_pool_and_global_mean_match_burn() {
+        for backend in BackendKind::all() {
+            let device = backend.device();
+            let x = Tensor::<4>::random([2, 5, 11, 8], Distribution::Normal(0.0, 1.0), &device);
+            let xa = Activations::from_nchw(x.clone()).expect("nhwc");
+            let pool = MaxPool2dConfig::new([3, 3])
+                .with_strides([2, 2])
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init();
+            assert!(max_diff(nhwc_to_nchw(&xa.max_pool(3, 2, 1), &device), pool.forward(x.clone())) < 1e-6);
+            let mean = x.mean_dim(3).mean_dim(2).reshape([2, 5]).into_data().try_to_vec::<f32>().expect("f32");
+            let got = xa.global_mean();
+            assert!(mean.iter().zip(&got).all(|(a, b)| (a - b).abs() < 1e-5), "{mean:?} vs {got:?}");
+        }
+    }
+
+    #[test]
+    fn unsupported_convolutions_are_refused() {
+        let device = BackendKind::all()[0].device();
+        let grouped = Conv2dConfig::new([4, 4], [3, 3]).with_groups(2).init(&device);
+        assert!(GemmConv::from_conv(&grouped).is_err());
+        let dilated = Conv2dConfig::new([4, 4], [3, 3]).with_dilation([2, 2]).init(&device);
+        assert!(GemmConv::from_conv(&dilated).is_err());
+        let same = Conv2dConfig::new([4, 4], [3, 3]).with_padding(PaddingConfig2d::Same).init(&device);
+        assert!(GemmConv::from_conv(&same).is_err());
+    }
+}
