@@ -61,20 +61,27 @@ pub fn process_cpu_seconds() -> Option<f64> {
     Some((utime + stime) / 100.0)
 }
 
-/// Times `network.forward` on the first `b` images of `input` for every `b` in
+/// The images a benchmark feeds the network.
+#[derive(Debug, Clone, Copy)]
+pub struct BenchInput<'a> {
+    /// [n, channels, height, width], row-major, n ≥ the largest batch.
+    pub images: &'a [f32],
+    /// [channels, height, width] of one image.
+    pub chw: [usize; 3],
+}
+
+/// Times `network`'s `path` forward on the first `b` images of `input` for every `b` in
 /// `batches`: one warm-up call, then calls until `min_time` has passed (at least 2).
-///
-/// input: [n, channels, height, width], n ≥ max(batches)
 pub fn bench_network(
     name: &str,
     network: &Network,
     backend: BackendKind,
     path: ForwardPath,
-    input: &[f32],
-    chw: [usize; 3],
+    input: BenchInput<'_>,
     batches: &[usize],
     min_time: Duration,
 ) -> Result<Vec<BenchRow>, ModelError> {
+    let BenchInput { images: input, chw } = input;
     let device = backend.device();
     let per = chw.iter().product::<usize>();
     let mut rows = Vec::new();

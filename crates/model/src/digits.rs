@@ -7,7 +7,7 @@
 //! the same layout loads too.
 
 use crate::error::ModelError;
-use crate::nhwc::{Activations, Epilogue, GemmConv};
+use crate::nhwc::{Activations, Dense, Epilogue, GemmConv};
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -72,8 +72,8 @@ pub struct DigitsNhwc {
     conv2: GemmConv,
     // fc1 with its input rows reordered from NCHW (c, y, x) to NHWC (y, x, c)
     // flattening, so the pooled activations feed it without a transpose.
-    fc1: Linear,
-    fc2: Linear,
+    fc1: Dense,
+    fc2: Dense,
 }
 
 impl DigitsNhwc {
@@ -84,16 +84,12 @@ impl DigitsNhwc {
         let channels = net.conv2.weight.dims()[0];
         let plane = inputs / channels;
         let w = w.reshape([channels, plane, hidden]).swap_dims(0, 1).reshape([inputs, hidden]);
-        let device = w.device();
-        let fc1 = Linear {
-            weight: Param::from_tensor(Tensor::from_data(w.into_data(), &device)),
-            bias: net.fc1.bias.clone(),
-        };
+        let fc1 = Linear { weight: Param::from_tensor(w), bias: net.fc1.bias.clone() };
         Ok(Self {
             conv1: GemmConv::from_conv(&net.conv1)?,
             conv2: GemmConv::from_conv(&net.conv2)?,
-            fc1,
-            fc2: net.fc2.clone(),
+            fc1: Dense::from_linear(&fc1)?,
+            fc2: Dense::from_linear(&net.fc2)?,
         })
     }
 
@@ -104,10 +100,9 @@ impl DigitsNhwc {
         let x = Activations::from_nchw(images)?;
         let x = self.conv1.forward(&x, fused)?;
         let x = self.conv2.forward(&x, fused)?;
-        let features = x.height * x.width * x.channels;
-        let x = Tensor::<2>::from_data(TensorData::new(x.data, [x.batch, features]), &device);
-        let x = burn::tensor::activation::relu(self.fc1.forward(x));
-        Ok(self.fc2.forward(x))
+        let hidden = self.fc1.forward(&x.data, true)?;
+        let logits = self.fc2.forward(&hidden, false)?;
+        Ok(Tensor::<2>::from_data(TensorData::new(logits, [x.batch, CLASSES]), &device))
     }
 }
 

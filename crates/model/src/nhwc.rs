@@ -1,35 +1,93 @@
 //! The inference path: channels-last activations, every convolution as
-//! im2col + one burn `matmul` per chunk of output rows, with bias, residual,
-//! ReLU and 2×2 max-pooling fused into the pass that reads the matmul's output.
+//! im2col + one GEMM (the `gemm` crate, which burn-flex's own matmul runs on)
+//! per chunk of output rows, with bias, residual, ReLU and 2×2 max-pooling
+//! fused around it.
 //!
 //! Why: burn-flex's `conv2d` converts its input to NHWC, re-lays out the
 //! weights, allocates an im2col tile per (image, tile) and scatters the result
 //! back to NCHW on every call, then bias, ReLU, residual add and pooling each
 //! take another pass over memory. Here activations stay NHWC between layers,
 //! so a convolution's output `[batch·h·w, c_out]` is already the next layer's
-//! input, the weights are laid out once at load (`[kh·kw·c_in, c_out]`), and
-//! the only heavy kernel is burn's matmul (the `gemm` crate on flex) on the
-//! model's own device. Chunks of output rows run in parallel (rayon); each
-//! chunk's im2col buffer stays in cache.
+//! input; the weights are laid out once at load (`[kh·kw·c_in, c_out]`); the
+//! GEMM writes straight into the layer's output, which already holds the bias
+//! and the shortcut (`dst = dst + patches × weights`), so only ReLU is a
+//! separate (in-cache) pass. Chunks of output rows run in parallel (rayon,
+//! one single-threaded GEMM each); each chunk's im2col buffer is reused per
+//! thread and stays in cache. Layers too small to split into a chunk per
+//! thread let the GEMM split its columns instead.
 //!
 //! The burn modules ([`crate::digits::DigitsNet`], [`crate::resnet::ResNet18`])
 //! remain the reference: tests assert this path gives the same logits.
 
 use crate::error::ModelError;
-use burn::nn::PaddingConfig2d;
 use burn::nn::conv::Conv2d;
+use burn::nn::{Linear, PaddingConfig2d};
 use burn::prelude::*;
 use rayon::prelude::*;
+use std::cell::RefCell;
 use std::ops::Range;
 
-/// im2col floats per chunk (512 KB): a chunk's im2col buffer and matmul
-/// output stay in L2. Measured on digits at batch 128: 4 MB chunks cost twice
-/// the CPU time of 256–512 KB ones.
+/// im2col floats per chunk (512 KB): a chunk's im2col buffer and GEMM
+/// output stay in L2 (2 MB per core here).
 const CHUNK_FLOATS: usize = 1 << 17;
-/// Fewest output rows per chunk (unless the layer has fewer): every matmul
+/// Fewest output rows per chunk (unless the layer has fewer): every GEMM
 /// packs the whole weight matrix, so a chunk must be long enough to amortise
 /// that (ResNet's last stage has 4608×512 weights).
 const MIN_ROWS: usize = 512;
+
+thread_local! {
+    /// Per-thread im2col and pre-pooling buffers, reused across chunks and
+    /// calls: a fresh 512 KB `Vec` per chunk is a fresh `mmap` whose pages
+    /// fault in on first touch.
+    static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+}
+
+/// `dst[m, n] = lhs[m, k] × rhs[k, n]` (`accumulate`: `dst += …`), all row-major
+/// and contiguous. `parallel`: let the GEMM use the rayon pool (callers already
+/// running one GEMM per thread pass `false`).
+#[allow(unsafe_code)]
+pub fn sgemm(lhs: &[f32], rhs: &[f32], dst: &mut [f32], [m, k, n]: [usize; 3], accumulate: bool, parallel: bool) {
+    assert!(
+        lhs.len() >= m * k && rhs.len() >= k * n && dst.len() >= m * n,
+        "sgemm: slices shorter than [{m}, {k}, {n}]"
+    );
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        if !accumulate {
+            dst[..m * n].fill(0.0);
+        }
+        return;
+    }
+    let parallelism = if parallel { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // SAFETY: the assert above bounds every element gemm reads or writes:
+    // lhs m×k (row stride k), rhs k×n (row stride n), dst m×n (row stride n),
+    // unit column strides. `dst` is a unique borrow, so it aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            n as isize,
+            accumulate,
+            lhs.as_ptr(),
+            1,
+            k as isize,
+            rhs.as_ptr(),
+            1,
+            n as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
 
 /// A batch of activations, channels last.
 #[derive(Debug, Clone, PartialEq)]
@@ -124,11 +182,11 @@ pub struct Epilogue<'a> {
     pub pool2: bool,
 }
 
-/// A convolution prepared for im2col + matmul on NHWC activations.
+/// A convolution prepared for im2col + GEMM on NHWC activations.
 #[derive(Debug, Clone)]
 pub struct GemmConv {
     /// [kh·kw·c_in, c_out], rows ordered (ky, kx, c_in) like an NHWC patch.
-    weight: Tensor<2>,
+    weight: Vec<f32>,
     /// [c_out]
     bias: Vec<f32>,
     c_in: usize,
@@ -137,6 +195,11 @@ pub struct GemmConv {
     stride: [usize; 2],
     /// (top, left); bottom and right equal them (checked at load).
     pad: [usize; 2],
+}
+
+/// A tensor's values as `f32`s (weights at load).
+fn floats<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>, ModelError> {
+    t.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| ModelError::Invalid(format!("{what}: {e:?}")))
 }
 
 impl GemmConv {
@@ -158,18 +221,11 @@ impl GemmConv {
         let w = conv.weight.val();
         let [c_out, c_in, kh, kw] = w.dims();
         // [c_out, c_in, kh, kw] → [kh, kw, c_in, c_out] → [kh·kw·c_in, c_out]
-        let weight = w.permute([2, 3, 1, 0]).reshape([kh * kw * c_in, c_out]);
+        let weight = floats(w.permute([2, 3, 1, 0]).reshape([kh * kw * c_in, c_out]), "convolution weight")?;
         let bias = match &conv.bias {
-            Some(b) => b
-                .val()
-                .into_data()
-                .try_to_vec::<f32>()
-                .map_err(|e| ModelError::Invalid(format!("convolution bias: {e:?}")))?,
+            Some(b) => floats(b.val(), "convolution bias")?,
             None => vec![0.0; c_out],
         };
-        // Materialise the permuted layout once, not on every matmul.
-        let device = weight.device();
-        let weight = Tensor::<2>::from_data(weight.into_data(), &device);
         Ok(Self { weight, bias, c_in, c_out, kernel: [kh, kw], stride: conv.stride, pad })
     }
 
@@ -209,31 +265,51 @@ impl GemmConv {
         if out.is_empty() {
             return Ok(Activations { data: out, batch: x.batch, height: ph, width: pw, channels: self.c_out });
         }
-        out.par_chunks_mut(out_per_chunk * self.c_out).enumerate().try_for_each(|(i, dst)| {
+        let run_chunk = |i: usize, dst: &mut [f32], parallel: bool| {
             let start = i * chunk_rows;
             let range = start..(start + chunk_rows).min(rows);
-            let y = self.matmul_rows(x, range.clone(), (oh, ow), k)?;
-            let y = y.as_slice::<f32>().map_err(|e| ModelError::Inference(format!("matmul output: {e:?}")))?;
-            let out_start = i * out_per_chunk;
-            self.finish(y, dst, out_start, epilogue, (oh, ow));
-            Ok::<(), ModelError>(())
-        })?;
+            let n = range.len();
+            SCRATCH.with_borrow_mut(|(col, tmp)| {
+                self.im2col(x, range, (oh, ow), col);
+                if epilogue.pool2 {
+                    tmp.resize(n * self.c_out, 0.0);
+                    sgemm(col, &self.weight, tmp, [n, k, self.c_out], false, parallel);
+                    self.pool_bias(tmp, dst, (oh, ow));
+                } else {
+                    // dst = bias (+ shortcut), then dst += patches × weights.
+                    for o in dst.chunks_exact_mut(self.c_out) {
+                        o.copy_from_slice(&self.bias);
+                    }
+                    if let Some(res) = epilogue.residual {
+                        let res = &res.data[start * self.c_out..start * self.c_out + dst.len()];
+                        dst.iter_mut().zip(res).for_each(|(o, r)| *o += r);
+                    }
+                    sgemm(col, &self.weight, dst, [n, k, self.c_out], true, parallel);
+                }
+            });
+            if epilogue.relu {
+                dst.iter_mut().for_each(|o| *o = o.max(0.0));
+            }
+        };
+        let chunk_len = out_per_chunk * self.c_out;
+        if rows.div_ceil(chunk_rows) < threads {
+            // Fewer chunks than threads (small layers, batch 1): chunks in turn,
+            // each GEMM splitting its columns over the pool. (Never both: a
+            // thread waiting in a parallel GEMM could steal another chunk and
+            // borrow SCRATCH twice.)
+            out.chunks_mut(chunk_len).enumerate().for_each(|(i, dst)| run_chunk(i, dst, true));
+        } else {
+            out.par_chunks_mut(chunk_len).enumerate().for_each(|(i, dst)| run_chunk(i, dst, false));
+        }
         Ok(Activations { data: out, batch: x.batch, height: ph, width: pw, channels: self.c_out })
     }
 
-    /// im2col of output rows `range` (flattened `(image, y, x)`) → matmul with the weights:
-    /// [range.len(), c_out].
-    fn matmul_rows(
-        &self,
-        x: &Activations,
-        range: Range<usize>,
-        (oh, ow): (usize, usize),
-        k: usize,
-    ) -> Result<TensorData, ModelError> {
-        let n = range.len();
+    /// im2col of output rows `range` (flattened `(image, y, x)`) into `col`:
+    /// [range.len(), kh·kw·c_in].
+    fn im2col(&self, x: &Activations, range: Range<usize>, (oh, ow): (usize, usize), col: &mut Vec<f32>) {
         // Built by appending, so only padding is ever written twice (no zero-fill
         // of the whole buffer first).
-        let mut col = Vec::with_capacity(n * k);
+        col.clear();
         let [kh, kw] = self.kernel;
         let c = x.channels;
         for r in range {
@@ -256,40 +332,62 @@ impl GemmConv {
                 }
             }
         }
-        debug_assert_eq!(col.len(), n * k);
-        let lhs = Tensor::<2>::from_data(TensorData::new(col, [n, k]), &self.weight.device());
-        Ok(lhs.matmul(self.weight.clone()).into_data())
     }
 
-    /// Writes `epilogue(y + bias)` of the chunk whose first output row is `out_start` into `dst`.
-    fn finish(&self, y: &[f32], dst: &mut [f32], out_start: usize, epilogue: Epilogue<'_>, (oh, ow): (usize, usize)) {
+    /// `dst = pool2(y) + bias`: y holds whole images [n, oh, ow, c_out]; dst [n, oh/2, ow/2, c_out].
+    /// (Max-pooling commutes with adding a per-channel constant.)
+    fn pool_bias(&self, y: &[f32], dst: &mut [f32], (oh, ow): (usize, usize)) {
         let c = self.c_out;
-        if epilogue.pool2 {
-            // y holds whole images [n, oh, ow, c]; dst [n, oh/2, ow/2, c].
-            let (ph, pw) = (oh / 2, ow / 2);
-            for (j, px) in dst.chunks_exact_mut(c).enumerate() {
-                let (img, py, qx) = (j / (ph * pw), (j / pw) % ph, j % pw);
-                let at = |dy: usize, dx: usize| {
-                    let r = img * oh * ow + (2 * py + dy) * ow + 2 * qx + dx;
-                    &y[r * c..(r + 1) * c]
-                };
-                let (a, b, cc, d) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
-                for (i, o) in px.iter_mut().enumerate() {
-                    *o = a[i].max(b[i]).max(cc[i]).max(d[i]) + self.bias[i];
-                }
-            }
-        } else {
-            for (o, v) in dst.chunks_exact_mut(c).zip(y.chunks_exact(c)) {
-                o.iter_mut().zip(v).zip(&self.bias).for_each(|((o, v), b)| *o = v + b);
+        let (ph, pw) = (oh / 2, ow / 2);
+        for (j, px) in dst.chunks_exact_mut(c).enumerate() {
+            let (img, py, qx) = (j / (ph * pw), (j / pw) % ph, j % pw);
+            let at = |dy: usize, dx: usize| {
+                let r = img * oh * ow + (2 * py + dy) * ow + 2 * qx + dx;
+                &y[r * c..(r + 1) * c]
+            };
+            let (a, b, cc, d) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
+            for (i, o) in px.iter_mut().enumerate() {
+                *o = a[i].max(b[i]).max(cc[i]).max(d[i]) + self.bias[i];
             }
         }
-        if let Some(res) = epilogue.residual {
-            let res = &res.data[out_start * c..out_start * c + dst.len()];
-            dst.iter_mut().zip(res).for_each(|(o, r)| *o += r);
+    }
+}
+
+/// A fully connected layer for this path: `y = x × W + b`.
+#[derive(Debug, Clone)]
+pub struct Dense {
+    /// [inputs, outputs] (burn's `Linear` layout).
+    weight: Vec<f32>,
+    /// [outputs]
+    bias: Vec<f32>,
+    inputs: usize,
+    outputs: usize,
+}
+
+impl Dense {
+    /// From a burn `Linear`.
+    pub fn from_linear(linear: &Linear) -> Result<Self, ModelError> {
+        let [inputs, outputs] = linear.weight.dims();
+        let weight = floats(linear.weight.val(), "linear weight")?;
+        let bias = match &linear.bias {
+            Some(b) => floats(b.val(), "linear bias")?,
+            None => vec![0.0; outputs],
+        };
+        Ok(Self { weight, bias, inputs, outputs })
+    }
+
+    /// x: [batch, inputs] row-major → [batch, outputs], ReLU'd if `relu`.
+    pub fn forward(&self, x: &[f32], relu: bool) -> Result<Vec<f32>, ModelError> {
+        if x.len() % self.inputs.max(1) != 0 {
+            return Err(ModelError::Inference(format!("linear layer takes {} inputs per row", self.inputs)));
         }
-        if epilogue.relu {
-            dst.iter_mut().for_each(|o| *o = o.max(0.0));
+        let batch = x.len() / self.inputs.max(1);
+        let mut out: Vec<f32> = self.bias.iter().copied().cycle().take(batch * self.outputs).collect();
+        sgemm(x, &self.weight, &mut out, [batch, self.inputs, self.outputs], true, true);
+        if relu {
+            out.iter_mut().for_each(|o| *o = o.max(0.0));
         }
+        Ok(out)
     }
 }
 
@@ -297,6 +395,7 @@ impl GemmConv {
 mod tests {
     use super::*;
     use crate::backend::BackendKind;
+    use burn::nn::LinearConfig;
     use burn::nn::conv::Conv2dConfig;
     use burn::nn::pool::MaxPool2dConfig;
     use burn::tensor::Distribution;
@@ -307,7 +406,7 @@ mod tests {
         t.permute([0, 3, 1, 2])
     }
 
-    fn max_diff(a: Tensor<4>, b: Tensor<4>) -> f32 {
+    fn max_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
         assert_eq!(a.dims(), b.dims());
         let a = a.into_data().try_to_vec::<f32>().expect("f32");
         let b = b.into_data().try_to_vec::<f32>().expect("f32");
@@ -328,33 +427,51 @@ mod tests {
     fn convolution_matches_burn_conv2d_with_bias_residual_relu_and_pooling() {
         for backend in BackendKind::all() {
             let device = backend.device();
-            for (c_in, c_out, k, stride, pad, h, w) in CASES {
-                let conv = Conv2dConfig::new([c_in, c_out], [k, k])
-                    .with_stride([stride, stride])
-                    .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
-                    .init(&device);
-                let x = Tensor::<4>::random([3, c_in, h, w], Distribution::Normal(0.0, 1.0), &device);
-                let fast = GemmConv::from_conv(&conv).expect("supported");
-                let xa = Activations::from_nchw(x.clone()).expect("nhwc");
-                let reference = conv.forward(x);
+            // Batch 3 and a batch large enough to split into several chunks per thread.
+            for batch in [3, 40] {
+                for (c_in, c_out, k, stride, pad, h, w) in CASES {
+                    let conv = Conv2dConfig::new([c_in, c_out], [k, k])
+                        .with_stride([stride, stride])
+                        .with_padding(PaddingConfig2d::Explicit(pad, pad, pad, pad))
+                        .init(&device);
+                    let x = Tensor::<4>::random([batch, c_in, h, w], Distribution::Normal(0.0, 1.0), &device);
+                    let fast = GemmConv::from_conv(&conv).expect("supported");
+                    let xa = Activations::from_nchw(x.clone()).expect("nhwc");
+                    let reference = conv.forward(x);
 
-                let plain = fast.forward(&xa, Epilogue::default()).expect("forward");
-                assert!(max_diff(nhwc_to_nchw(&plain, &device), reference.clone()) < 1e-4, "{backend} plain");
+                    let plain = fast.forward(&xa, Epilogue::default()).expect("forward");
+                    assert!(max_diff(nhwc_to_nchw(&plain, &device), reference.clone()) < 1e-4, "{backend} plain");
 
-                let residual =
-                    Activations { data: plain.data.iter().map(|v| v * 0.5 - 0.1).collect(), ..plain.clone() };
-                let fused = fast
-                    .forward(&xa, Epilogue { residual: Some(&residual), relu: true, pool2: false })
-                    .expect("forward");
-                let expected = burn::tensor::activation::relu(reference.clone() + nhwc_to_nchw(&residual, &device));
-                assert!(max_diff(nhwc_to_nchw(&fused, &device), expected) < 1e-4, "{backend} residual + relu");
+                    let residual =
+                        Activations { data: plain.data.iter().map(|v| v * 0.5 - 0.1).collect(), ..plain.clone() };
+                    let fused = fast
+                        .forward(&xa, Epilogue { residual: Some(&residual), relu: true, pool2: false })
+                        .expect("forward");
+                    let expected = burn::tensor::activation::relu(reference.clone() + nhwc_to_nchw(&residual, &device));
+                    assert!(max_diff(nhwc_to_nchw(&fused, &device), expected) < 1e-4, "{backend} residual + relu");
 
-                let pooled =
-                    fast.forward(&xa, Epilogue { relu: true, pool2: true, ..Epilogue::default() }).expect("pool");
-                let pool = MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init();
-                let expected = pool.forward(burn::tensor::activation::relu(reference));
-                assert!(max_diff(nhwc_to_nchw(&pooled, &device), expected) < 1e-4, "{backend} relu + pool2");
+                    let pooled =
+                        fast.forward(&xa, Epilogue { relu: true, pool2: true, ..Epilogue::default() }).expect("pool");
+                    let pool = MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init();
+                    let expected = pool.forward(burn::tensor::activation::relu(reference));
+                    assert!(max_diff(nhwc_to_nchw(&pooled, &device), expected) < 1e-4, "{backend} relu + pool2");
+                }
             }
+        }
+    }
+
+    #[test]
+    fn dense_matches_burn_linear() {
+        for backend in BackendKind::all() {
+            let device = backend.device();
+            let linear = LinearConfig::new(37, 11).init(&device);
+            let x = Tensor::<2>::random([5, 37], Distribution::Normal(0.0, 1.0), &device);
+            let dense = Dense::from_linear(&linear).expect("dense");
+            let got = dense.forward(&x.clone().into_data().try_to_vec::<f32>().expect("f32"), true).expect("forward");
+            let got = Tensor::<2>::from_data(TensorData::new(got, [5, 11]), &device);
+            let expected = burn::tensor::activation::relu(linear.forward(x));
+            assert!(max_diff(got, expected) < 1e-5, "{backend}");
+            assert!(dense.forward(&[0.0; 36], false).is_err(), "a ragged input is refused");
         }
     }
 

@@ -10,7 +10,7 @@
 //! [`ResNet18`], which has no BatchNorm at all.
 
 use crate::error::ModelError;
-use crate::nhwc::{Activations, Epilogue, GemmConv};
+use crate::nhwc::{Activations, Dense, Epilogue, GemmConv};
 use crate::weights;
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -208,7 +208,8 @@ struct BlockNhwc {
 pub struct ResNet18Nhwc {
     conv1: GemmConv,
     blocks: Vec<BlockNhwc>,
-    fc: Linear,
+    fc: Dense,
+    classes: usize,
 }
 
 impl ResNet18Nhwc {
@@ -228,7 +229,12 @@ impl ResNet18Nhwc {
                 })
             })
             .collect::<Result<_, ModelError>>()?;
-        Ok(Self { conv1: GemmConv::from_conv(&net.conv1)?, blocks, fc: net.fc.clone() })
+        Ok(Self {
+            conv1: GemmConv::from_conv(&net.conv1)?,
+            blocks,
+            fc: Dense::from_linear(&net.fc)?,
+            classes: net.fc.weight.dims()[1],
+        })
     }
 
     /// images: [batch, 3, height, width], normalised → logits: [batch, classes]
@@ -247,8 +253,7 @@ impl ResNet18Nhwc {
             let residual = Some(shortcut.as_ref().unwrap_or(&x));
             x = block.conv2.forward(&y, Epilogue { residual, relu: true, pool2: false })?;
         }
-        let features = x.global_mean();
-        let x = Tensor::<2>::from_data(TensorData::new(features, [x.batch, x.channels]), &device);
-        Ok(self.fc.forward(x))
+        let logits = self.fc.forward(&x.global_mean(), false)?;
+        Ok(Tensor::<2>::from_data(TensorData::new(logits, [x.batch, self.classes]), &device))
     }
 }

@@ -9,7 +9,8 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use scorefleet_model::backend::BackendKind;
-use scorefleet_model::bench::{ForwardPath, bench_network};
+use scorefleet_model::bench::{BenchInput, ForwardPath, bench_network};
+use scorefleet_model::digits::DigitsNhwc;
 use scorefleet_model::manifest::{Channels, Manifest, repo_manifest};
 use scorefleet_model::mnist::{self, Mnist};
 use scorefleet_model::predictor::Network;
@@ -158,12 +159,14 @@ fn main() -> Result<()> {
                 test_set = test_set.take(n);
             }
             let loaded = scorefleet_model::predictor::load_digits_net(&manifest_path, &backend.device())?;
+            // The path the predictor serves (NHWC), not the burn module's forward.
+            let served = DigitsNhwc::new(&loaded.1)?;
             let start = std::time::Instant::now();
-            let accuracy = train::evaluate(&loaded.1, &test_set, 500, &backend.device())?;
+            let accuracy = train::evaluate_with(|x| served.forward(x), &test_set, 500, &backend.device())?;
             let secs = start.elapsed().as_secs_f64();
             let report = serde_json::json!({
                 "model": loaded.0.name, "version": loaded.0.version(), "accuracy": accuracy,
-                "images": test_set.len(), "backend": backend.as_str(), "seconds": secs,
+                "images": test_set.len(), "backend": backend.as_str(), "path": "nhwc", "seconds": secs,
             });
             if json {
                 println!("{report}");
@@ -197,8 +200,7 @@ fn main() -> Result<()> {
                         &net,
                         backend,
                         path,
-                        &data,
-                        [shape[1], shape[2], shape[3]],
+                        BenchInput { images: &data, chw: [shape[1], shape[2], shape[3]] },
                         &batches,
                         std::time::Duration::from_secs_f64(min_seconds),
                     )?;
