@@ -7,7 +7,7 @@
 //! the same layout loads too.
 
 use crate::error::ModelError;
-use crate::nhwc::{Activations, Dense, Epilogue, GemmConv};
+use crate::nhwc::{Activations, Dense, Epilogue, GemmConv, run_batched};
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -95,18 +95,52 @@ impl DigitsNhwc {
 
     /// images: [batch, 1, 28, 28], normalised → logits: [batch, 10]
     pub fn forward(&self, images: Tensor<4>) -> Result<Tensor<2>, ModelError> {
-        let device = images.device();
+        run_batched(images, CLASSES, PART, |x, parallel| self.forward_nhwc(&x, parallel))
+    }
+
+    /// x: [batch, 28, 28, 1] → logits [batch, 10], row-major.
+    fn forward_nhwc(&self, x: &Activations, parallel: bool) -> Result<Vec<f32>, ModelError> {
         let fused = Epilogue { relu: true, pool2: true, ..Epilogue::default() };
-        let x = Activations::from_nchw(images)?;
-        let x = self.conv1.forward(&x, fused)?;
-        let x = self.conv2.forward(&x, fused)?;
-        let hidden = self.fc1.forward(&x.data, true)?;
-        let logits = self.fc2.forward(&hidden, false)?;
-        Ok(Tensor::<2>::from_data(TensorData::new(logits, [x.batch, CLASSES]), &device))
+        let x = self.conv1.forward(x, fused, parallel)?;
+        let x = self.conv2.forward(&x, fused, parallel)?;
+        let hidden = self.fc1.forward(&x.data, true, parallel)?;
+        self.fc2.forward(&hidden, false, parallel)
     }
 }
+
+/// Images per part of a batch on the NHWC path ([`run_batched`]).
+const PART: usize = 8;
 
 /// Normalises raw MNIST pixels (0–255) as the model expects.
 pub fn normalise(pixel: u8) -> f32 {
     (pixel as f32 / 255.0 - MEAN) / STD
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendKind;
+    use burn::tensor::Distribution;
+
+    /// A batch split into parts (one per thread) gives the logits of each image alone.
+    #[test]
+    fn a_split_batch_gives_each_images_own_logits() {
+        for backend in BackendKind::all() {
+            let device = backend.device();
+            let net = DigitsNet::new(&device);
+            let fast = DigitsNhwc::new(&net).expect("nhwc");
+            let batch = 4 * rayon::current_num_threads() + 3;
+            let x = Tensor::<4>::random([batch, 1, SIDE, SIDE], Distribution::Normal(0.0, 1.0), &device);
+            let all = fast.forward(x.clone()).expect("batch").into_data().try_to_vec::<f32>().expect("f32");
+            let reference = net.forward(x.clone()).into_data().try_to_vec::<f32>().expect("f32");
+            for i in 0..batch {
+                let one = fast.forward(x.clone().slice(i..i + 1)).expect("one").into_data();
+                let one = one.try_to_vec::<f32>().expect("f32");
+                let row = &all[i * CLASSES..(i + 1) * CLASSES];
+                assert!(one.iter().zip(row).all(|(a, b)| (a - b).abs() < 1e-5), "{backend} image {i}");
+                let module = &reference[i * CLASSES..(i + 1) * CLASSES];
+                assert!(module.iter().zip(row).all(|(a, b)| (a - b).abs() < 1e-4), "{backend} image {i} vs module");
+            }
+        }
+    }
 }

@@ -10,7 +10,7 @@
 //! [`ResNet18`], which has no BatchNorm at all.
 
 use crate::error::ModelError;
-use crate::nhwc::{Activations, Dense, Epilogue, GemmConv};
+use crate::nhwc::{Activations, Dense, Epilogue, GemmConv, run_batched};
 use crate::weights;
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -239,21 +239,26 @@ impl ResNet18Nhwc {
 
     /// images: [batch, 3, height, width], normalised → logits: [batch, classes]
     pub fn forward(&self, images: Tensor<4>) -> Result<Tensor<2>, ModelError> {
-        let device = images.device();
+        run_batched(images, self.classes, PART, |x, parallel| self.forward_nhwc(&x, parallel))
+    }
+
+    /// x: [batch, height, width, 3] → logits [batch, classes], row-major.
+    fn forward_nhwc(&self, x: &Activations, parallel: bool) -> Result<Vec<f32>, ModelError> {
         let relu = Epilogue { relu: true, ..Epilogue::default() };
-        let x = Activations::from_nchw(images)?;
         // The stem's 3×3 stride-2 max-pool, padding 1, as torchvision's.
-        let mut x = self.conv1.forward(&x, relu)?.max_pool(3, 2, 1);
+        let mut x = self.conv1.forward(x, relu, parallel)?.max_pool(3, 2, 1, parallel);
         for block in &self.blocks {
             let shortcut = match &block.downsample {
-                Some(d) => Some(d.forward(&x, Epilogue::default())?),
+                Some(d) => Some(d.forward(&x, Epilogue::default(), parallel)?),
                 None => None,
             };
-            let y = block.conv1.forward(&x, relu)?;
+            let y = block.conv1.forward(&x, relu, parallel)?;
             let residual = Some(shortcut.as_ref().unwrap_or(&x));
-            x = block.conv2.forward(&y, Epilogue { residual, relu: true, pool2: false })?;
+            x = block.conv2.forward(&y, Epilogue { residual, relu: true, pool2: false }, parallel)?;
         }
-        let logits = self.fc.forward(&x.global_mean(), false)?;
-        Ok(Tensor::<2>::from_data(TensorData::new(logits, [x.batch, self.classes]), &device))
+        self.fc.forward(&x.global_mean(), false, parallel)
     }
 }
+
+/// Images per part of a batch on the NHWC path ([`run_batched`]).
+const PART: usize = 8;

@@ -29,7 +29,8 @@ fn fixtures(only: &str) -> PathBuf {
     let status = Command::new(&python)
         .arg(root().join("bench/python/fixtures.py"))
         .arg(&dir)
-        .args(["--only", only, "--batch", "3"])
+        // 5 images: at least two per thread on two cores, so the NHWC path splits the batch.
+        .args(["--only", only, "--batch", "5"])
         .status()
         .expect("run fixtures.py");
     assert!(status.success(), "bench/python/fixtures.py failed; is requirements.txt installed in .venv?");
