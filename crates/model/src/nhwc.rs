@@ -319,12 +319,16 @@ impl GemmConv {
             let start = i * chunk_rows;
             let range = start..(start + chunk_rows).min(rows);
             let n = range.len();
-            SCRATCH.with_borrow_mut(|(col, tmp)| {
-                self.im2col(x, range, (oh, ow), col);
+            // Taken out, not borrowed: a thread that waits in a parallel GEMM
+            // may run other rayon work meanwhile (another caller's chunk), which
+            // then finds empty buffers instead of a RefCell already borrowed.
+            let (mut col, mut tmp) = SCRATCH.take();
+            {
+                self.im2col(x, range, (oh, ow), &mut col);
                 if epilogue.pool2 {
                     tmp.resize(n * self.c_out, 0.0);
-                    sgemm(col, &self.weight, tmp, [n, k, self.c_out], false, parallel);
-                    self.pool_bias(tmp, dst, (oh, ow), epilogue.relu);
+                    sgemm(&col, &self.weight, &mut tmp, [n, k, self.c_out], false, parallel);
+                    self.pool_bias(&tmp, dst, (oh, ow), epilogue.relu);
                 } else {
                     // dst = bias (+ shortcut), then dst += patches × weights.
                     for o in dst.chunks_exact_mut(self.c_out) {
@@ -334,21 +338,20 @@ impl GemmConv {
                         let res = &res.data[start * self.c_out..start * self.c_out + dst.len()];
                         dst.iter_mut().zip(res).for_each(|(o, r)| *o += r);
                     }
-                    sgemm(col, &self.weight, dst, [n, k, self.c_out], true, parallel);
+                    sgemm(&col, &self.weight, dst, [n, k, self.c_out], true, parallel);
                     if epilogue.relu {
                         dst.iter_mut().for_each(|o| *o = relu(*o));
                     }
                 }
-            });
+            }
+            SCRATCH.set((col, tmp));
         };
         let chunk_len = out_per_chunk * self.c_out;
         if !parallel {
             out.chunks_mut(chunk_len).enumerate().for_each(|(i, dst)| run_chunk(i, dst, false));
         } else if rows.div_ceil(chunk_rows) < threads {
             // Fewer chunks than threads (small layers, batch 1): chunks in turn,
-            // each GEMM splitting its columns over the pool. (Never both: a
-            // thread waiting in a parallel GEMM could steal another chunk and
-            // borrow SCRATCH twice.)
+            // each GEMM splitting its columns over the pool.
             out.chunks_mut(chunk_len).enumerate().for_each(|(i, dst)| run_chunk(i, dst, true));
         } else {
             out.par_chunks_mut(chunk_len).enumerate().for_each(|(i, dst)| run_chunk(i, dst, false));
