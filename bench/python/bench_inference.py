@@ -2,7 +2,9 @@
 """Driver of bench/inference: interleaves rounds of the burn benchmark
 (`scorefleet-model bench`, one process per round and model) and of
 onnxruntime (in process, 2 intra-op threads), keeps the best images/s of each
-(model, backend, batch) and prints the ratio burn/onnxruntime."""
+(model, backend, path, batch) and prints the ratio burn/onnxruntime.
+Paths: `nhwc` is what the predictor serves; `reference` is the burn modules'
+own forward (burn conv2d), for before/after comparisons."""
 import argparse
 import json
 import os
@@ -40,15 +42,16 @@ def prepare(model, work, max_batch, rng):
 
 
 def ort_round(sess, x, batches, min_s):
+    """{batch: (images/s, images per CPU second)}"""
     out = {}
     for b in batches:
         feed = {"input": np.ascontiguousarray(x[:b])}
         sess.run(["output"], feed)
-        calls, start = 0, time.perf_counter()
+        calls, start, cpu = 0, time.perf_counter(), time.process_time()
         while calls < 2 or time.perf_counter() - start < min_s:
             sess.run(["output"], feed)
             calls += 1
-        out[b] = calls * b / (time.perf_counter() - start)
+        out[b] = (calls * b / (time.perf_counter() - start), calls * b / max(time.process_time() - cpu, 1e-9))
     return out
 
 
@@ -61,6 +64,11 @@ def main():
     ap.add_argument("--models", default="digits,resnet18")
     ap.add_argument("--min-seconds", type=float, default=0.5)
     ap.add_argument("--default-backend", default="flex")
+    ap.add_argument("--paths", default="nhwc", help="comma-separated: nhwc (served), reference (burn modules)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="onnxruntime intra-op threads and burn's rayon threads (RAYON_NUM_THREADS)")
+    ap.add_argument("--cpu-time", action="store_true",
+                    help="rank by images per CPU second (load-independent cross-check; use with --threads 1)")
     args = ap.parse_args()
     batches = [int(b) for b in args.batches.split(",")]
     models = args.models.split(",")
@@ -69,39 +77,46 @@ def main():
     rng = np.random.default_rng(1)
     best = {}
     prepared = {m: prepare(m, work, max(batches), rng) for m in models}
-    sessions = {m: fixtures.session(prepared[m][1], threads=2) for m in models}
+    sessions = {m: fixtures.session(prepared[m][1], threads=args.threads) for m in models}
+    env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
+    metric = "images_per_cpu_s" if args.cpu_time else "images_per_s"
     for r in range(args.rounds):
         for m in models:
             weights, _, inp, x = prepared[m]
             cmd = [args.bin, "bench", "--arch", m, "--weights", weights, "--input", inp,
-                   "--classes", str(CLASSES[m]), "--batches", args.batches, "--min-seconds", str(args.min_seconds)]
-            res = subprocess.run(cmd, check=True, capture_output=True, text=True)
+                   "--classes", str(CLASSES[m]), "--batches", args.batches, "--min-seconds", str(args.min_seconds),
+                   "--paths", args.paths]
+            res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
             for line in res.stdout.splitlines():
                 row = json.loads(line)
-                key = (m, row["backend"], row["batch"])
-                best[key] = max(best.get(key, 0.0), row["images_per_s"])
-            for b, v in ort_round(sessions[m], x, batches, args.min_seconds).items():
-                key = (m, "onnxruntime", b)
-                best[key] = max(best.get(key, 0.0), v)
+                key = (m, row["backend"], row["path"], row["batch"])
+                best[key] = max(best.get(key, 0.0), row[metric] or 0.0)
+            for b, (wall, cpu) in ort_round(sessions[m], x, batches, args.min_seconds).items():
+                key = (m, "onnxruntime", "", b)
+                best[key] = max(best.get(key, 0.0), cpu if args.cpu_time else wall)
         print(f"round {r + 1}/{args.rounds} done", file=sys.stderr)
     rows = []
-    for (m, backend, b), v in sorted(best.items(), key=lambda kv: (models.index(kv[0][0]), kv[0][1] != "onnxruntime", kv[0][1], kv[0][2])):
-        ort_v = best.get((m, "onnxruntime", b))
+    order = lambda kv: (models.index(kv[0][0]), kv[0][1] != "onnxruntime", kv[0][1], kv[0][2], kv[0][3])
+    for (m, backend, path, b), v in sorted(best.items(), key=order):
+        ort_v = best.get((m, "onnxruntime", "", b))
         rows.append({
-            "model": m, "backend": backend, "default_backend": backend == args.default_backend,
-            "batch": b, "images_per_s": round(v, 1),
+            "model": m, "backend": backend, "path": path or None,
+            "default_backend": backend == args.default_backend and path == "nhwc",
+            "batch": b, metric: round(v, 1), "threads": args.threads,
             "ratio_vs_onnxruntime": round(v / ort_v, 3) if ort_v else None,
         })
     if args.json:
         for row in rows:
             print(json.dumps(row))
         return
-    print(f"{'model':<9} {'backend':<12} {'batch':>5} {'images/s':>10} {'burn/ort':>9}")
+    print(f"{'model':<9} {'backend':<12} {'path':<10} {'batch':>5} {'img/cpu-s' if args.cpu_time else 'images/s':>10} {'burn/ort':>9}")
     for row in rows:
         star = "*" if row["default_backend"] else " "
-        print(f"{row['model']:<9} {row['backend'] + star:<12} {row['batch']:>5} {row['images_per_s']:>10.1f} "
-              f"{row['ratio_vs_onnxruntime']:>9.3f}")
-    print("* default backend; onnxruntime: CPUExecutionProvider, intra_op_num_threads=2")
+        print(f"{row['model']:<9} {row['backend'] + star:<12} {row['path'] or '':<10} {row['batch']:>5} "
+              f"{row[metric]:>10.1f} {row['ratio_vs_onnxruntime']:>9.3f}")
+    print(f"* default; onnxruntime: CPUExecutionProvider, intra_op_num_threads={args.threads}, "
+          f"burn: RAYON_NUM_THREADS={args.threads}; "
+          "path nhwc: served (NHWC im2col + burn matmul), reference: burn modules' forward")
 
 
 if __name__ == "__main__":

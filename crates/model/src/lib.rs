@@ -7,7 +7,8 @@
 //! - [`manifest`]: the small JSON file that describes a model (input shape, normalisation, labels, weights, sha256).
 //! - [`weights`]: weights from a local path or `s3://` URL, cached on disk, verified by sha256.
 //! - [`preprocess`]: encoded bytes → [`scorefleet_core::traits::Chw`], with decompression-bomb limits.
-//! - [`digits`], [`resnet`]: the networks.
+//! - [`digits`], [`resnet`]: the networks (burn modules, the reference) and their NHWC forms.
+//! - [`nhwc`]: the fast inference path: channels-last im2col + burn matmul, fused epilogues.
 //! - [`predictor`]: a loaded model: softmax, top-k, the core traits.
 //! - [`mnist`], [`train`]: the IDX reader and the training/evaluation loops.
 #![warn(missing_docs)]
@@ -18,6 +19,7 @@ pub mod digits;
 pub mod error;
 pub mod manifest;
 pub mod mnist;
+pub mod nhwc;
 pub mod predictor;
 pub mod preprocess;
 pub mod resnet;

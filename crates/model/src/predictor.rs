@@ -14,11 +14,11 @@
 //! ```
 
 use crate::backend::BackendKind;
-use crate::digits::DigitsNet;
+use crate::digits::{DigitsNet, DigitsNhwc};
 use crate::error::ModelError;
 use crate::manifest::Manifest;
 use crate::preprocess::{ImagePreprocessor, Limits};
-use crate::resnet::{ResNet18, ResNet18Raw};
+use crate::resnet::{ResNet18, ResNet18Nhwc, ResNet18Raw};
 use crate::weights::{self, WeightsFetcher};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
@@ -27,13 +27,24 @@ use scorefleet_core::result::{ModelRef, Prediction};
 use scorefleet_core::traits::{Chw, Predictor};
 use std::path::Path;
 
-/// One of the networks this crate builds.
+/// One of the networks this crate builds: the burn module (the reference) and
+/// its NHWC form ([`crate::nhwc`]), which [`Network::forward`] runs.
 #[derive(Debug, Clone)]
 pub enum Network {
     /// The MNIST CNN.
-    Digits(Box<DigitsNet>),
+    Digits {
+        /// The burn module.
+        reference: Box<DigitsNet>,
+        /// The same weights, NHWC path.
+        fast: Box<DigitsNhwc>,
+    },
     /// ResNet-18, BatchNorm folded.
-    ResNet18(Box<ResNet18>),
+    ResNet18 {
+        /// The burn module.
+        reference: Box<ResNet18>,
+        /// The same weights, NHWC path.
+        fast: Box<ResNet18Nhwc>,
+    },
 }
 
 impl Network {
@@ -52,22 +63,33 @@ impl Network {
                 }
                 let mut net = DigitsNet::new(device);
                 weights::load_pytorch_safetensors(&mut net, bytes, source_name)?;
-                Ok(Network::Digits(Box::new(net)))
+                Ok(Network::Digits { fast: Box::new(DigitsNhwc::new(&net)?), reference: Box::new(net) })
             }
             "resnet18" => {
                 let mut raw = ResNet18Raw::new(classes, device);
                 raw.load_pytorch(bytes, source_name)?;
-                Ok(Network::ResNet18(Box::new(raw.fold())))
+                let net = raw.fold();
+                Ok(Network::ResNet18 { fast: Box::new(ResNet18Nhwc::new(&net)?), reference: Box::new(net) })
             }
             other => Err(ModelError::Invalid(format!("unknown architecture {other:?} (digits, resnet18)"))),
         }
     }
 
     /// images: [batch, channels, height, width], normalised → logits: [batch, classes]
-    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+    /// (the NHWC path).
+    pub fn forward(&self, images: Tensor<4>) -> Result<Tensor<2>, ModelError> {
         match self {
-            Network::Digits(n) => n.forward(images),
-            Network::ResNet18(n) => n.forward(images),
+            Network::Digits { fast, .. } => fast.forward(images),
+            Network::ResNet18 { fast, .. } => fast.forward(images),
+        }
+    }
+
+    /// images: [batch, channels, height, width], normalised → logits: [batch, classes]
+    /// through the burn modules' own `forward` (the reference the NHWC path is tested against).
+    pub fn forward_reference(&self, images: Tensor<4>) -> Tensor<2> {
+        match self {
+            Network::Digits { reference, .. } => reference.forward(images),
+            Network::ResNet18 { reference, .. } => reference.forward(images),
         }
     }
 }
@@ -172,7 +194,8 @@ impl LoadedModel {
         }
         let images =
             Tensor::<4>::from_data(TensorData::new(flat, [batch.len(), shape[0], shape[1], shape[2]]), &self.device);
-        let probs = softmax(self.network.forward(images), 1);
+        let logits = self.network.forward(images).map_err(|e| JobError::new(ErrorKind::Inference, e.to_string()))?;
+        let probs = softmax(logits, 1);
         let [rows, classes] = probs.dims();
         let values = probs
             .into_data()

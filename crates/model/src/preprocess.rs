@@ -7,13 +7,17 @@
 //! refused with `too_large` without allocating its pixels.
 //!
 //! Then: colour conversion (grayscale or RGB), a resize to the model's input
-//! size (triangle filter, aspect ratio not kept; skipped when the size already
-//! matches, so an MNIST image encoded as PNG gives exactly the training
-//! tensor), optional inversion, per-channel normalisation.
+//! size (triangle filter), optional inversion, per-channel normalisation. The
+//! resize either stretches to the input size (aspect ratio not kept; skipped
+//! when the size already matches, so an MNIST image encoded as PNG gives
+//! exactly the training tensor) or, for the `resnet18` architecture, scales
+//! the shorter side to input/0.875 with the aspect ratio kept and crops the
+//! centre: torchvision's ImageNet evaluation transform, `Resize(256)` +
+//! `CenterCrop(224)`, which torchvision-trained weights expect.
 
 use crate::manifest::{Channels, Manifest};
 use image::imageops::FilterType;
-use image::{DynamicImage, ImageError, ImageReader};
+use image::{DynamicImage, ImageBuffer, ImageError, ImageReader, Pixel};
 use scorefleet_core::error::{ErrorKind, JobError};
 use scorefleet_core::traits::{Chw, Preprocessor};
 use std::io::Cursor;
@@ -43,6 +47,8 @@ pub struct ImagePreprocessor {
     mean: Vec<f32>,
     std: Vec<f32>,
     invert: bool,
+    /// Resize the shorter side to this, then centre-crop (else stretch).
+    resize_shorter_side: Option<u32>,
     limits: Limits,
 }
 
@@ -55,6 +61,7 @@ impl ImagePreprocessor {
             mean: manifest.mean.clone(),
             std: manifest.std.clone(),
             invert: manifest.invert,
+            resize_shorter_side: resize_shorter_side(manifest),
             limits,
         }
     }
@@ -138,19 +145,13 @@ impl ImagePreprocessor {
         };
         match self.channels {
             Channels::Grayscale => {
-                let mut g = img.to_luma8();
-                if g.dimensions() != (tw, th) {
-                    g = image::imageops::resize(&g, tw, th, FilterType::Triangle);
-                }
+                let g = fit(img.to_luma8(), tw, th, self.resize_shorter_side);
                 for (d, p) in data.iter_mut().zip(g.as_raw()) {
                     *d = norm(0, *p);
                 }
             }
             Channels::Rgb => {
-                let mut rgb = img.to_rgb8();
-                if rgb.dimensions() != (tw, th) {
-                    rgb = image::imageops::resize(&rgb, tw, th, FilterType::Triangle);
-                }
+                let rgb = fit(img.to_rgb8(), tw, th, self.resize_shorter_side);
                 let plane = h * w;
                 for (i, px) in rgb.as_raw().chunks_exact(3).enumerate() {
                     for ch in 0..3 {
@@ -161,6 +162,43 @@ impl ImagePreprocessor {
         }
         Chw { shape: self.shape, data }
     }
+}
+
+/// torchvision's evaluation transform for ImageNet architectures: the shorter
+/// side resized to 256 for a 224 crop (crop = 0.875 of it), other sizes alike.
+fn resize_shorter_side(manifest: &Manifest) -> Option<u32> {
+    match manifest.architecture.as_str() {
+        "resnet18" => {
+            let side = manifest.input_shape[1].max(manifest.input_shape[2]) as f64;
+            Some((side / 0.875).round() as u32)
+        }
+        _ => None,
+    }
+}
+
+/// `img` at `tw`×`th`: stretched, or with `shorter_side` scaled (aspect kept) so
+/// its shorter side is that long, then the centre cropped (torchvision's
+/// `Resize` + `CenterCrop`: the long side is truncated, the crop offset rounded).
+fn fit<P: Pixel<Subpixel = u8> + 'static>(
+    img: ImageBuffer<P, Vec<u8>>,
+    tw: u32,
+    th: u32,
+    shorter_side: Option<u32>,
+) -> ImageBuffer<P, Vec<u8>> {
+    let (w, h) = img.dimensions();
+    let Some(side) = shorter_side else {
+        return if (w, h) == (tw, th) { img } else { image::imageops::resize(&img, tw, th, FilterType::Triangle) };
+    };
+    let (rw, rh) = if w <= h {
+        (side, ((side as u64 * h as u64) / w as u64).max(1) as u32)
+    } else {
+        (((side as u64 * w as u64) / h as u64).max(1) as u32, side)
+    };
+    let resized = if (rw, rh) == (w, h) { img } else { image::imageops::resize(&img, rw, rh, FilterType::Triangle) };
+    // side ≥ tw, th (input/0.875), so the crop fits.
+    let left = ((rw.saturating_sub(tw)) as f64 / 2.0).round() as u32;
+    let top = ((rh.saturating_sub(th)) as f64 / 2.0).round() as u32;
+    image::imageops::crop_imm(&resized, left, top, tw.min(rw), th.min(rh)).to_image()
 }
 
 #[cfg(test)]
@@ -175,6 +213,7 @@ mod tests {
             mean: vec![0.5],
             std: vec![0.5],
             invert: false,
+            resize_shorter_side: None,
             limits: Limits::default(),
         }
     }
@@ -186,8 +225,79 @@ mod tests {
             mean: vec![0.0; 3],
             std: vec![1.0; 3],
             invert: false,
+            resize_shorter_side: None,
             limits: Limits::default(),
         }
+    }
+
+    /// A 600×300 RGB image: red left third, green middle third, blue right third.
+    fn thirds() -> DynamicImage {
+        DynamicImage::ImageRgb8(ImageBuffer::from_fn(600, 300, |x, _| match x / 200 {
+            0 => Rgb([255, 0, 0]),
+            1 => Rgb([0, 255, 0]),
+            _ => Rgb([0, 0, 255]),
+        }))
+    }
+
+    #[test]
+    fn shorter_side_resize_keeps_the_aspect_and_crops_the_centre() {
+        // 600×300 → 512×256 → centre 224×224 is columns 144..368 of 512: the
+        // green third is 170.7..341.3, so the crop is red | green | blue with
+        // green in the middle and no stretching.
+        let pre = ImagePreprocessor { resize_shorter_side: Some(256), ..rgb(224) };
+        let chw = pre.preprocess(&encode(&thirds(), ImageFormat::Png)).expect("preprocess");
+        assert_eq!(chw.shape, [3, 224, 224]);
+        let plane = 224 * 224;
+        let at = |ch: usize, x: usize| chw.data[ch * plane + 112 * 224 + x];
+        // Centre column: pure green.
+        assert!(at(1, 112) > 0.99 && at(0, 112) < 0.01 && at(2, 112) < 0.01);
+        // 512-wide image: red ends at 170.7 → crop column 26; blue starts at 341.3 → crop column 197.
+        assert!(at(0, 10) > 0.99, "left edge is red");
+        assert!(at(2, 215) > 0.99, "right edge is blue");
+        assert!(at(1, 40) > 0.99 && at(1, 185) > 0.99, "green spans 27..197");
+        // Stretching instead would put the red/green edge at 224/3 ≈ 75.
+        let stretched = rgb(224).preprocess(&encode(&thirds(), ImageFormat::Png)).expect("preprocess");
+        assert!(stretched.data[112 * 224 + 40] > 0.99, "stretched: column 40 is still red");
+    }
+
+    #[test]
+    fn resnet18_manifests_get_the_torchvision_transform_and_digits_stretches() {
+        let manifest = |architecture: &str, shape: [usize; 3]| Manifest {
+            name: "m".into(),
+            architecture: architecture.into(),
+            input_shape: shape,
+            channels: Channels::Rgb,
+            mean: vec![0.0; 3],
+            std: vec![1.0; 3],
+            invert: false,
+            labels: vec!["x".into()],
+            labels_file: None,
+            weights: "w.safetensors".into(),
+            sha256: "0".repeat(64),
+            notes: None,
+        };
+        let pre = |m: Manifest| ImagePreprocessor::from_manifest(&m, Limits::default()).resize_shorter_side;
+        assert_eq!(pre(manifest("resnet18", [3, 224, 224])), Some(256));
+        assert_eq!(pre(manifest("resnet18", [3, 112, 112])), Some(128));
+        assert_eq!(pre(manifest("digits", [3, 28, 28])), None);
+    }
+
+    #[test]
+    fn shorter_side_resize_of_a_portrait_image_and_an_exact_fit() {
+        // Portrait 100×300 → 256×768 → centre rows 272..496.
+        let img = DynamicImage::ImageRgb8(ImageBuffer::from_fn(100, 300, |_, y| {
+            if y < 150 { Rgb([255, 255, 255]) } else { Rgb([0, 0, 0]) }
+        }));
+        let pre = ImagePreprocessor { resize_shorter_side: Some(256), ..rgb(224) };
+        let chw = pre.preprocess(&encode(&img, ImageFormat::Png)).expect("preprocess");
+        assert_eq!(chw.shape, [3, 224, 224]);
+        // The edge at 384 of 768 is row 112 of the crop: white above, black below.
+        assert!(chw.data[100 * 224 + 5] > 0.99 && chw.data[124 * 224 + 5] < 0.01);
+        // An image already 256 on its short side is only cropped.
+        let exact = DynamicImage::ImageRgb8(ImageBuffer::from_fn(256, 256, |x, y| Rgb([x as u8, y as u8, 0])));
+        let chw = pre.preprocess(&encode(&exact, ImageFormat::Png)).expect("preprocess");
+        assert_eq!(chw.data[0], 16.0 / 255.0, "crop starts at column 16");
+        assert_eq!(chw.data[224 * 224], 16.0 / 255.0, "and row 16");
     }
 
     fn encode(img: &DynamicImage, format: ImageFormat) -> Vec<u8> {

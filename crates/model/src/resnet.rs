@@ -10,6 +10,7 @@
 //! [`ResNet18`], which has no BatchNorm at all.
 
 use crate::error::ModelError;
+use crate::nhwc::{Activations, Dense, Epilogue, GemmConv, run_batched};
 use crate::weights;
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -191,3 +192,73 @@ impl ResNet18 {
         self.fc.forward(x.reshape([batch, c]))
     }
 }
+
+/// A [`Block`] prepared for the NHWC path.
+#[derive(Debug, Clone)]
+struct BlockNhwc {
+    conv1: GemmConv,
+    conv2: GemmConv,
+    downsample: Option<GemmConv>,
+}
+
+/// [`ResNet18`] prepared for the NHWC inference path ([`crate::nhwc`]): same
+/// (folded) weights; bias + ReLU, and bias + shortcut + ReLU, fused into the
+/// convolutions.
+#[derive(Debug, Clone)]
+pub struct ResNet18Nhwc {
+    conv1: GemmConv,
+    blocks: Vec<BlockNhwc>,
+    fc: Dense,
+    classes: usize,
+}
+
+impl ResNet18Nhwc {
+    /// Lays out `net`'s weights for the NHWC path.
+    pub fn new(net: &ResNet18) -> Result<Self, ModelError> {
+        let blocks = net
+            .layer1
+            .iter()
+            .chain(&net.layer2)
+            .chain(&net.layer3)
+            .chain(&net.layer4)
+            .map(|b| {
+                Ok(BlockNhwc {
+                    conv1: GemmConv::from_conv(&b.conv1)?,
+                    conv2: GemmConv::from_conv(&b.conv2)?,
+                    downsample: b.downsample.as_ref().map(GemmConv::from_conv).transpose()?,
+                })
+            })
+            .collect::<Result<_, ModelError>>()?;
+        Ok(Self {
+            conv1: GemmConv::from_conv(&net.conv1)?,
+            blocks,
+            fc: Dense::from_linear(&net.fc)?,
+            classes: net.fc.weight.dims()[1],
+        })
+    }
+
+    /// images: [batch, 3, height, width], normalised → logits: [batch, classes]
+    pub fn forward(&self, images: Tensor<4>) -> Result<Tensor<2>, ModelError> {
+        run_batched(images, self.classes, PART, |x, parallel| self.forward_nhwc(&x, parallel))
+    }
+
+    /// x: [batch, height, width, 3] → logits [batch, classes], row-major.
+    fn forward_nhwc(&self, x: &Activations, parallel: bool) -> Result<Vec<f32>, ModelError> {
+        let relu = Epilogue { relu: true, ..Epilogue::default() };
+        // The stem's 3×3 stride-2 max-pool, padding 1, as torchvision's.
+        let mut x = self.conv1.forward(x, relu, parallel)?.max_pool(3, 2, 1, parallel);
+        for block in &self.blocks {
+            let shortcut = match &block.downsample {
+                Some(d) => Some(d.forward(&x, Epilogue::default(), parallel)?),
+                None => None,
+            };
+            let y = block.conv1.forward(&x, relu, parallel)?;
+            let residual = Some(shortcut.as_ref().unwrap_or(&x));
+            x = block.conv2.forward(&y, Epilogue { residual, relu: true, pool2: false }, parallel)?;
+        }
+        self.fc.forward(&x.global_mean(), false, parallel)
+    }
+}
+
+/// Images per part of a batch on the NHWC path ([`run_batched`]).
+const PART: usize = 8;

@@ -83,25 +83,37 @@ pub fn train(train: &Mnist, test: &Mnist, config: &TrainConfig, device: &Device)
     Ok(model.valid())
 }
 
-/// Fraction of `data` the model classifies correctly.
+/// Fraction of `data` the model classifies correctly, through the burn
+/// module's own forward (training's per-epoch check).
 pub fn evaluate(model: &DigitsNet, data: &Mnist, batch: usize, device: &Device) -> Result<f64, ModelError> {
-    let predicted = predict_classes(model, data, batch, device)?;
+    let model = model.clone().to_device(device);
+    evaluate_with(|x| Ok(model.forward(x)), data, batch, device)
+}
+
+/// Fraction of `data` that `forward` (images: [batch, 1, 28, 28] → logits:
+/// [batch, 10]) classifies correctly; e.g. the served NHWC path.
+pub fn evaluate_with(
+    forward: impl Fn(Tensor<4>) -> Result<Tensor<2>, ModelError>,
+    data: &Mnist,
+    batch: usize,
+    device: &Device,
+) -> Result<f64, ModelError> {
+    let predicted = predict_classes(forward, data, batch, device)?;
     let correct = predicted.iter().zip(&data.labels).filter(|(p, l)| **p == **l as usize).count();
     Ok(correct as f64 / data.len().max(1) as f64)
 }
 
-/// The arg-max class of every image of `data`.
+/// The arg-max class `forward` gives every image of `data`.
 pub fn predict_classes(
-    model: &DigitsNet,
+    forward: impl Fn(Tensor<4>) -> Result<Tensor<2>, ModelError>,
     data: &Mnist,
     batch: usize,
     device: &Device,
 ) -> Result<Vec<usize>, ModelError> {
-    let model = model.clone().to_device(device);
     let all: Vec<usize> = (0..data.len()).collect();
     let mut out = Vec::with_capacity(data.len());
     for chunk in all.chunks(batch.max(1)) {
-        let logits = model.forward(batch_tensor(data, chunk, device));
+        let logits = forward(batch_tensor(data, chunk, device))?;
         let idx = logits.argmax(1).into_data();
         let idx = idx.try_to_vec_as::<i64>().map_err(|e| ModelError::Inference(format!("{e:?}")))?;
         out.extend(idx.into_iter().map(|i| i as usize));

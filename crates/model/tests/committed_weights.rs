@@ -35,9 +35,14 @@ fn committed_digits_weights_match_their_manifest_and_score_the_sample() {
     assert_eq!(model.model_ref.version, format!("sha256:{}", sha256_hex(&bytes)));
 
     let sample = Mnist::test(&mnist::default_dir()).expect("mnist").take(1000);
-    let Network::Digits(net) = &model.network else { panic!("digits network") };
-    let acc = train::evaluate(net, &sample, 250, &model.device).expect("eval");
+    let Network::Digits { reference, .. } = &model.network else { panic!("digits network") };
+    // The served (NHWC) path and the burn module must both score, and agree.
+    let served = train::predict_classes(|x| model.network.forward(x), &sample, 250, &model.device).expect("served");
+    let module = train::predict_classes(|x| Ok(reference.forward(x)), &sample, 250, &model.device).expect("module");
+    let acc = served.iter().zip(&sample.labels).filter(|(p, l)| **p == **l as usize).count() as f64 / 1000.0;
     assert!(acc >= 0.98, "accuracy {acc} on the first 1,000 test images");
+    assert_eq!(served, module, "the NHWC path and the burn module disagree on a test image");
+    assert!(train::evaluate(reference, &sample, 250, &model.device).expect("eval") >= 0.98);
 }
 
 #[test]

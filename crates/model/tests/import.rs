@@ -29,7 +29,8 @@ fn fixtures(only: &str) -> PathBuf {
     let status = Command::new(&python)
         .arg(root().join("bench/python/fixtures.py"))
         .arg(&dir)
-        .args(["--only", only, "--batch", "3"])
+        // 5 images: at least two per thread on two cores, so the NHWC path splits the batch.
+        .args(["--only", only, "--batch", "5"])
         .status()
         .expect("run fixtures.py");
     assert!(status.success(), "bench/python/fixtures.py failed; is requirements.txt installed in .venv?");
@@ -56,13 +57,15 @@ fn compare(arch: &str, classes: usize) {
             burn::tensor::TensorData::new(input.clone(), [in_shape[0], in_shape[1], in_shape[2], in_shape[3]]),
             &device,
         );
-        let y = net.forward(x);
-        assert_eq!(y.dims().to_vec(), out_shape);
-        let got = y.into_data().try_to_vec_as::<f32>().expect("f32 output");
-        let worst = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-        let scale = expected.iter().map(|v| v.abs()).fold(0f32, f32::max);
-        eprintln!("{arch} on {backend}: max |burn - onnxruntime| = {worst:e} (max |logit| {scale})");
-        assert!(worst <= 1e-4, "{arch} on {backend}: burn differs from onnxruntime by {worst}");
+        // Both paths: the burn modules' forward and the NHWC path the predictor serves.
+        for (path, y) in [("reference", net.forward_reference(x.clone())), ("nhwc", net.forward(x).expect("forward"))] {
+            assert_eq!(y.dims().to_vec(), out_shape);
+            let got = y.into_data().try_to_vec_as::<f32>().expect("f32 output");
+            let worst = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let scale = expected.iter().map(|v| v.abs()).fold(0f32, f32::max);
+            eprintln!("{arch} on {backend} ({path}): max |burn - onnxruntime| = {worst:e} (max |logit| {scale})");
+            assert!(worst <= 1e-4, "{arch} on {backend} ({path}): burn differs from onnxruntime by {worst}");
+        }
     }
     let _ = std::fs::remove_dir_all(dir);
 }

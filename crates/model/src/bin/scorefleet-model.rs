@@ -9,7 +9,8 @@
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use scorefleet_model::backend::BackendKind;
-use scorefleet_model::bench::bench_network;
+use scorefleet_model::bench::{BenchInput, ForwardPath, bench_network};
+use scorefleet_model::digits::DigitsNhwc;
 use scorefleet_model::manifest::{Channels, Manifest, repo_manifest};
 use scorefleet_model::mnist::{self, Mnist};
 use scorefleet_model::predictor::Network;
@@ -100,6 +101,9 @@ enum Command {
         /// Minimum seconds per measurement.
         #[arg(long, default_value_t = 1.0)]
         min_seconds: f64,
+        /// Forward paths, comma-separated: `nhwc` (served) and/or `reference` (burn modules).
+        #[arg(long, value_delimiter = ',', default_value = "nhwc")]
+        paths: Vec<ForwardPath>,
     },
 }
 
@@ -155,12 +159,14 @@ fn main() -> Result<()> {
                 test_set = test_set.take(n);
             }
             let loaded = scorefleet_model::predictor::load_digits_net(&manifest_path, &backend.device())?;
+            // The path the predictor serves (NHWC), not the burn module's forward.
+            let served = DigitsNhwc::new(&loaded.1)?;
             let start = std::time::Instant::now();
-            let accuracy = train::evaluate(&loaded.1, &test_set, 500, &backend.device())?;
+            let accuracy = train::evaluate_with(|x| served.forward(x), &test_set, 500, &backend.device())?;
             let secs = start.elapsed().as_secs_f64();
             let report = serde_json::json!({
                 "model": loaded.0.name, "version": loaded.0.version(), "accuracy": accuracy,
-                "images": test_set.len(), "backend": backend.as_str(), "seconds": secs,
+                "images": test_set.len(), "backend": backend.as_str(), "path": "nhwc", "seconds": secs,
             });
             if json {
                 println!("{report}");
@@ -173,7 +179,7 @@ fn main() -> Result<()> {
                 );
             }
         }
-        Command::Bench { arch, weights: wpath, input, classes, batches, backends, min_seconds } => {
+        Command::Bench { arch, weights: wpath, input, classes, batches, backends, min_seconds, paths } => {
             let bytes = std::fs::read(&wpath).with_context(|| wpath.display().to_string())?;
             let raw = std::fs::read(&input).with_context(|| input.display().to_string())?;
             let st = safetensors::SafeTensors::deserialize(&raw)?;
@@ -188,17 +194,19 @@ fn main() -> Result<()> {
             for backend in backends {
                 let net =
                     Network::load(&arch, classes, bytes.clone(), &wpath.display().to_string(), &backend.device())?;
-                let rows = bench_network(
-                    &arch,
-                    &net,
-                    backend,
-                    &data,
-                    [shape[1], shape[2], shape[3]],
-                    &batches,
-                    std::time::Duration::from_secs_f64(min_seconds),
-                )?;
-                for row in rows {
-                    println!("{}", serde_json::to_string(&row)?);
+                for &path in &paths {
+                    let rows = bench_network(
+                        &arch,
+                        &net,
+                        backend,
+                        path,
+                        BenchInput { images: &data, chw: [shape[1], shape[2], shape[3]] },
+                        &batches,
+                        std::time::Duration::from_secs_f64(min_seconds),
+                    )?;
+                    for row in rows {
+                        println!("{}", serde_json::to_string(&row)?);
+                    }
                 }
             }
         }
