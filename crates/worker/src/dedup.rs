@@ -35,16 +35,21 @@ pub(crate) async fn run<Q, S, O, F, P>(
     O: OutcomeStore,
 {
     while let Some(Delivery { at_ms, msgs }) = rx.recv().await {
+        let received = msgs.len();
         if ctx.stop.is_cancelled() {
             // Received but not started: back to the queue at once.
             let entries: Vec<(String, Duration)> =
                 msgs.iter().map(|m| (m.receipt_handle.clone(), Duration::ZERO)).collect();
             crate::shutdown::give_back(&ctx, &entries).await;
+            ctx.unclaimed.fetch_sub(received, Ordering::Relaxed);
             continue;
         }
         let msgs = distinct_deliveries(msgs);
         let claims = msgs.into_iter().map(|m| claim_one(&ctx, m, at_ms));
-        for step in futures::future::join_all(claims).await {
+        let steps = futures::future::join_all(claims).await;
+        // Claimed ones are in the registry now; the others are left or done.
+        ctx.unclaimed.fetch_sub(received, Ordering::Relaxed);
+        for step in steps {
             let sent = match step {
                 Step::Fetch(job) => fetch_tx.send(job).await.is_ok(),
                 Step::Record(o) => record_tx.send(o).await.is_ok(),

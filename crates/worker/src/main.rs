@@ -58,6 +58,11 @@ struct Cli {
     /// Largest model batch, gathered across messages.
     #[arg(long, env = "SCOREFLEET_MAX_BATCH", default_value_t = 32)]
     max_batch: usize,
+    /// Most jobs held at once, from claim to delete; receiving pauses at this
+    /// many. 0: four model batches (at least 40). Keep it well under what the
+    /// worker scores in half a lease (ResNet-18 on 2 cores: ~8 images/s).
+    #[arg(long, env = "SCOREFLEET_MAX_IN_FLIGHT", default_value_t = 0)]
+    max_in_flight: usize,
     /// Threads of the inference pool (0: one per core). One thread runs the
     /// model with no hand-offs between threads, which costs the least CPU per
     /// image; more threads cut batch latency (ResNet-sized models) at some CPU
@@ -272,6 +277,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         wait: Duration::from_secs(cli.wait_seconds.min(20)),
         fetchers: cli.fetchers,
         max_batch: cli.max_batch,
+        max_in_flight: cli.max_in_flight,
         infer_threads: cli.infer_threads,
         max_wait: Duration::from_millis(cli.max_wait_ms),
         lease: Duration::from_secs(cli.lease_seconds.max(2)),

@@ -40,6 +40,9 @@ pub struct Settings {
     pub fetchers: usize,
     /// Largest model batch.
     pub max_batch: usize,
+    /// Most claimed jobs held at once (received, not yet deleted): receiving
+    /// pauses at this many. 0: four model batches (at least 40).
+    pub max_in_flight: usize,
     /// Threads of the inference pool (0: one per core).
     pub infer_threads: usize,
     /// Longest wait for a batch to fill.
@@ -131,6 +134,9 @@ pub(crate) struct Ctx<Q, S, O, F, P> {
     pub(crate) model: ModelRef,
     pub(crate) metrics: SharedMetrics,
     pub(crate) registry: Arc<Registry>,
+    /// Messages received and not yet through their claim: with the registry,
+    /// what the in-flight limit counts.
+    pub(crate) unclaimed: std::sync::atomic::AtomicUsize,
     pub(crate) stop: CancellationToken,
 }
 
@@ -155,7 +161,15 @@ where
     M: Predictor,
 {
     let model = predictor.model().clone();
-    let ctx = Arc::new(Ctx { ports, settings: settings.clone(), model, metrics, registry, stop: stop.clone() });
+    let ctx = Arc::new(Ctx {
+        ports,
+        settings: settings.clone(),
+        model,
+        metrics,
+        registry,
+        unclaimed: std::sync::atomic::AtomicUsize::new(0),
+        stop: stop.clone(),
+    });
     let depth = settings.max_batch.max(10) * 2;
     let (recv_tx, recv_rx) = mpsc::channel::<crate::receive::Delivery>(settings.receivers.max(1));
     let (fetch_tx, fetch_rx) = mpsc::channel::<Job>(depth);

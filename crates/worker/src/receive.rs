@@ -17,10 +17,26 @@ pub(crate) struct Delivery {
     pub(crate) msgs: Vec<Received>,
 }
 
+/// The most claimed jobs a worker holds before it stops receiving.
+pub(crate) fn in_flight_limit(s: &crate::pipeline::Settings) -> usize {
+    if s.max_in_flight > 0 { s.max_in_flight } else { (4 * s.max_batch).max(40) }
+}
+
 /// One long-poll loop; ends when `stop` is cancelled or the intake is gone.
 pub(crate) async fn run<Q: JobQueue, S, O, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, tx: mpsc::Sender<Delivery>) {
     let mut failures = 0u32;
+    let limit = in_flight_limit(&ctx.settings);
     loop {
+        // Hold no more than the limit: every message held past its stage
+        // channels' turn is one whose visibility must be extended, and when
+        // claims or deletes stall (throttling, a network cut) hundreds of
+        // held messages lapsed and came back as duplicate results.
+        while ctx.registry.len() + ctx.unclaimed.load(Ordering::Relaxed) >= limit {
+            tokio::select! {
+                _ = ctx.stop.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(5)) => {}
+            }
+        }
         let poll = ctx.ports.queue.receive(10, ctx.settings.wait);
         tokio::pin!(poll);
         let got = tokio::select! {
@@ -50,6 +66,7 @@ pub(crate) async fn run<Q: JobQueue, S, O, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, t
                     continue;
                 }
                 ctx.metrics.received.fetch_add(msgs.len() as u64, Ordering::Relaxed);
+                ctx.unclaimed.fetch_add(msgs.len(), Ordering::Relaxed);
                 // The messages' visibility runs from (about) now, not from
                 // when they are claimed: they may wait in the channel first.
                 if tx.send(Delivery { at_ms: now_ms(), msgs }).await.is_err() {

@@ -323,6 +323,7 @@ fn settings() -> Settings {
         wait: Duration::from_secs(1),
         fetchers: 4,
         max_batch: 4,
+        max_in_flight: 0,
         infer_threads: 1,
         max_wait: Duration::from_millis(10),
         lease: Duration::from_secs(30),
@@ -600,4 +601,21 @@ fn a_redelivery_of_an_in_flight_message_refreshes_its_handle_but_a_duplicate_sen
     assert!(!reg.refresh_receipt(&id, "m2", "other"), "another message for the same job is separate");
     assert!(reg.refresh_receipt(&id, "m1", "new"));
     assert_eq!(reg.remove(key).map(|j| j.receipt).as_deref(), Some("new"));
+}
+
+#[tokio::test]
+async fn receiving_pauses_at_the_in_flight_limit_and_resumes_as_jobs_finish() {
+    let gate = Arc::new(Semaphore::new(0));
+    let s = Settings { max_in_flight: 5, ..settings() };
+    let msgs: Vec<(String, String)> = (0..60).map(|i| job(&format!("j{i}"), "slow-a")).collect();
+    let h = start(msgs, vec![("slow-a", Ok("digit:1"))], MemStore::default(), Some(gate.clone()), s);
+    until("the limit reached", || h.registry.len() >= 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // One receive of up to 10 may be on its way to the claims when the limit
+    // is reached; nothing beyond that.
+    assert!(h.registry.len() <= 5 + 10, "held {}", h.registry.len());
+    assert!(h.metrics.received.load(Ordering::Relaxed) <= 5 + 10, "receiving paused");
+    gate.add_permits(1_000);
+    until("every message deleted", || h.queue.undeleted().is_empty()).await;
+    assert_eq!(h.sink.results().len(), 60, "one result per job");
 }
