@@ -6,7 +6,7 @@
 
 use crate::metrics::Stage;
 use crate::pipeline::{Ctx, Emit, backoff};
-use scorefleet_core::traits::{JobQueue, MessageSink};
+use scorefleet_core::traits::{JobQueue, MessageSink, ServiceError};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -61,29 +61,17 @@ async fn flush<Q: JobQueue, S: MessageSink, O, F, P>(ctx: &Ctx<Q, S, O, F, P>, p
         })
         .collect();
     let mut sent = vec![false; items.len()];
-    let started = Instant::now();
-    let mut attempt = 0;
-    loop {
-        match ctx.ports.sink.send(&bodies).await {
-            Ok(failed) => {
-                sent = vec![true; items.len()];
-                for f in failed {
-                    tracing::warn!(code = %f.code, "result refused by the output queue; message left for redelivery");
-                    if let Some(s) = sent.get_mut(f.index) {
-                        *s = false;
-                    }
+    match retrying(ctx, || ctx.ports.sink.send(&bodies)).await {
+        Ok(failed) => {
+            sent = vec![true; items.len()];
+            for f in failed {
+                tracing::warn!(code = %f.code, "result refused by the output queue; message left for redelivery");
+                if let Some(s) = sent.get_mut(f.index) {
+                    *s = false;
                 }
-                break;
-            }
-            Err(e) if e.is_transient() && keep_trying(ctx, attempt, started) => {
-                tokio::time::sleep(backoff(ctx.settings.backoff, attempt)).await;
-                attempt += 1;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "sending results failed; messages left for redelivery");
-                break;
             }
         }
+        Err(e) => tracing::warn!(error = %e, "sending results failed; messages left for redelivery"),
     }
     let mut handles: Vec<String> = Vec::with_capacity(items.len());
     for (item, ok) in items.iter().zip(&sent) {
@@ -117,34 +105,43 @@ async fn flush<Q: JobQueue, S: MessageSink, O, F, P>(ctx: &Ctx<Q, S, O, F, P>, p
     // A delete that does not happen costs a duplicate result later (the
     // message comes back and is answered from the table), so transient
     // failures are retried as long as the receipt handles are surely valid.
-    let started = Instant::now();
-    let mut attempt = 0;
-    loop {
-        match ctx.ports.queue.delete(&handles).await {
-            Ok(failed) => {
-                for f in &failed {
-                    tracing::warn!(code = %f.code, "delete refused; the message will come back and be answered from the table");
-                }
-                ctx.metrics.deleted.fetch_add((handles.len() - failed.len()) as u64, Ordering::Relaxed);
-                return;
+    match retrying(ctx, || ctx.ports.queue.delete(&handles)).await {
+        Ok(failed) => {
+            for f in &failed {
+                tracing::warn!(code = %f.code, "delete refused; the message will come back and be answered from the table");
             }
-            Err(e) if e.is_transient() && keep_trying(ctx, attempt, started) => {
-                tokio::time::sleep(backoff(ctx.settings.backoff, attempt)).await;
-                attempt += 1;
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "delete failed; the messages will come back and be answered from the table");
-                return;
-            }
+            ctx.metrics.deleted.fetch_add((handles.len() - failed.len()) as u64, Ordering::Relaxed);
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "delete failed; the messages will come back and be answered from the table")
         }
     }
 }
 
-/// Whether a transient failure of a result send or a delete is worth another
-/// try: always for the first `retries` attempts, then for as long as half the
-/// lease has not passed since the first one. A network cut of a few seconds
-/// is outlasted, while the messages' visibility (kept for the lease) still
-/// holds, and no flush waits longer than that.
-fn keep_trying<Q, S, O, F, P>(ctx: &Ctx<Q, S, O, F, P>, attempt: u32, started: Instant) -> bool {
-    attempt < ctx.settings.retries || started.elapsed() < ctx.settings.lease / 2
+/// Runs `call` until it succeeds, fails for good, or a transient failure is
+/// no longer worth another try: always for the first `retries` attempts, then
+/// for as long as half the lease has not passed since the first one. A
+/// network cut of a few seconds is outlasted, while the messages' visibility
+/// (kept for the lease) still holds, and no flush waits longer than that.
+async fn retrying<Q, S, O, F, P, T, Fut>(
+    ctx: &Ctx<Q, S, O, F, P>,
+    mut call: impl FnMut() -> Fut,
+) -> Result<T, ServiceError>
+where
+    Fut: Future<Output = Result<T, ServiceError>>,
+{
+    let started = Instant::now();
+    let mut attempt = 0;
+    loop {
+        match call().await {
+            Err(e)
+                if e.is_transient()
+                    && (attempt < ctx.settings.retries || started.elapsed() < ctx.settings.lease / 2) =>
+            {
+                tokio::time::sleep(backoff(ctx.settings.backoff, attempt)).await;
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
 }
