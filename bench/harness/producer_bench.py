@@ -95,6 +95,7 @@ def run_one(bins, lines, fmt, out_dir, concurrency):
     wall = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
     summary = json.loads(out.strip().splitlines()[-1])
+    os.remove(path)  # up to 54 MB; the log stays
     queued = depth(client("sqs"), env["SCOREFLEET_INPUT_QUEUE_URL"])
     row = {
         "lines": lines,
@@ -138,8 +139,6 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     small = run_one(bins, args.small, args.format, out_dir, args.concurrency)
     large = run_one(bins, args.lines, args.format, out_dir, args.concurrency)
-    for row in (small, large):
-        os.remove(os.path.join(out_dir, f"manifest-{row['lines']}.{ {'csv': 'csv', 'jsonl': 'jsonl', 'lines': 'txt'}[args.format]}"))
     result = {
         "bench": "producer",
         "format": args.format,
