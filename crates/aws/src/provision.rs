@@ -112,7 +112,8 @@ pub async fn provision(cfg: &AwsConfig, spec: &StackSpec, counters: &ApiCounters
         (QueueAttributeName::VisibilityTimeout, spec.visibility_timeout.as_secs().to_string()),
     ]);
     let input_queue_url = ensure_queue(&sqs, &spec.input_queue, input_attrs, counters).await?;
-    let output_queue_url = ensure_queue(&sqs, &spec.output_queue, HashMap::new(), counters).await?;
+    let output_queue_url =
+        ensure_queue(&sqs, &spec.output_queue, output_attributes(&spec.output_queue), counters).await?;
     ensure_table(&cfg.dynamodb(), &spec.table, counters).await?;
     let region = cfg.sdk.region().map(|r| r.as_ref().to_owned());
     ensure_bucket(&cfg.s3(), &spec.bucket, region.as_deref(), counters).await?;
@@ -126,7 +127,25 @@ pub async fn provision(cfg: &AwsConfig, spec: &StackSpec, counters: &ApiCounters
     })
 }
 
+/// The output queue's attributes: none for a standard queue. A name ending
+/// in `.fifo` makes a FIFO queue that deduplicates per message group (the
+/// worker sends each result with its job id as group and deduplication id,
+/// so a re-sent result within five minutes is not delivered twice) with the
+/// throughput limit per group (high-throughput mode: no queue-wide 300 per
+/// second cap).
+pub fn output_attributes(name: &str) -> HashMap<QueueAttributeName, String> {
+    if !name.ends_with(".fifo") {
+        return HashMap::new();
+    }
+    HashMap::from([
+        (QueueAttributeName::FifoQueue, "true".to_owned()),
+        (QueueAttributeName::DeduplicationScope, "messageGroup".to_owned()),
+        (QueueAttributeName::FifoThroughputLimit, "perMessageGroupId".to_owned()),
+    ])
+}
+
 /// Creates a queue (or finds it) and sets `attributes` on it; returns its URL.
+/// `FifoQueue` is given only at creation (a queue's type cannot change).
 pub async fn ensure_queue(
     sqs: &aws_sdk_sqs::Client,
     name: &str,
@@ -145,6 +164,8 @@ pub async fn ensure_queue(
         Err(e) => return Err(classify("CreateQueue", &e)),
     };
     let url = url.ok_or_else(|| permanent("CreateQueue", format!("no URL returned for queue {name}")))?;
+    let mut attributes = attributes;
+    attributes.remove(&QueueAttributeName::FifoQueue);
     if !attributes.is_empty() {
         // Also when CreateQueue succeeded: some endpoints return an existing
         // queue without applying differing attributes.

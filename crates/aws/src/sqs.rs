@@ -65,6 +65,9 @@ pub struct SqsQueue {
     backoff: Backoff,
     /// The visibility timeout asked for on receive (None: the queue's own).
     receive_visibility: Option<Duration>,
+    /// A FIFO queue (its name ends in `.fifo`): sends carry a message group
+    /// and a deduplication id.
+    fifo: bool,
 }
 
 /// What one batch request answered: ids that succeeded, entries that failed.
@@ -77,7 +80,16 @@ impl SqsQueue {
     /// A queue by URL, as returned by CreateQueue/GetQueueUrl (never built by
     /// hand: emulators and regions format URLs differently).
     pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>, counters: Arc<ApiCounters>) -> Self {
-        Self { client, url: queue_url.into(), counters, backoff: Backoff::default(), receive_visibility: None }
+        let url: String = queue_url.into();
+        // SQS requires FIFO queue names to end in `.fifo`, and the URL ends
+        // with the name on every endpoint.
+        let fifo = url.ends_with(".fifo");
+        Self { client, url, counters, backoff: Backoff::default(), receive_visibility: None, fifo }
+    }
+
+    /// Whether this is a FIFO queue (its URL ends in `.fifo`).
+    pub fn is_fifo(&self) -> bool {
+        self.fifo
     }
 
     /// Asks for this visibility timeout on every [`JobQueue::receive`] instead
@@ -350,20 +362,31 @@ impl JobQueue for SqsQueue {
     }
 }
 
-impl MessageSink for SqsQueue {
-    async fn send(&self, bodies: &[String]) -> Result<Vec<EntryFailure>, ServiceError> {
+impl SqsQueue {
+    /// SendMessageBatch in chunks. On a FIFO queue every entry needs a message
+    /// group: with `keys`, each entry's key is both its group (one job per
+    /// group: no ordering stalls between jobs) and its deduplication id;
+    /// without, one group and the queue's content-based deduplication.
+    async fn send_entries(
+        &self,
+        bodies: &[String],
+        keys: Option<&[String]>,
+    ) -> Result<Vec<EntryFailure>, ServiceError> {
         const OP: &str = "SendMessageBatch";
         let client = &self.client;
         let url = &self.url;
+        let fifo = self.fifo;
         self.batched(OP, send_chunks(bodies), |entries| async move {
             let entries = entries
                 .into_iter()
                 .map(|(id, i)| {
-                    SendMessageBatchRequestEntry::builder()
-                        .id(id)
-                        .message_body(&bodies[i])
-                        .build()
-                        .map_err(|e| build_err(OP, e))
+                    let entry = SendMessageBatchRequestEntry::builder().id(id).message_body(&bodies[i]);
+                    let entry = match (fifo, keys.and_then(|k| k.get(i))) {
+                        (true, Some(key)) => entry.message_group_id(key).message_deduplication_id(key),
+                        (true, None) => entry.message_group_id(UNKEYED_GROUP),
+                        (false, _) => entry,
+                    };
+                    entry.build().map_err(|e| build_err(OP, e))
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let out = client
@@ -376,6 +399,20 @@ impl MessageSink for SqsQueue {
             Ok(BatchReply { ok: out.successful.into_iter().map(|s| s.id).collect(), failed: out.failed })
         })
         .await
+    }
+}
+
+/// The message group of sends without keys to a FIFO queue.
+const UNKEYED_GROUP: &str = "scorefleet";
+
+impl MessageSink for SqsQueue {
+    async fn send(&self, bodies: &[String]) -> Result<Vec<EntryFailure>, ServiceError> {
+        self.send_entries(bodies, None).await
+    }
+
+    async fn send_keyed(&self, keys: &[String], bodies: &[String]) -> Result<Vec<EntryFailure>, ServiceError> {
+        debug_assert_eq!(keys.len(), bodies.len());
+        self.send_entries(bodies, Some(keys)).await
     }
 }
 

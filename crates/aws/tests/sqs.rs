@@ -166,3 +166,40 @@ async fn a_message_that_keeps_failing_reaches_the_dlq_after_max_receive_count() 
     common::delete_table(&cfg, &stack.table).await;
     common::delete_bucket(&cfg, &stack.bucket).await;
 }
+
+#[tokio::test]
+async fn a_fifo_output_queue_delivers_one_copy_of_a_result_sent_twice_with_its_key() {
+    let cfg = config().await;
+    let c = counters();
+    let name = format!("{}.fifo", common::unique("fifoout"));
+    let url = provision::ensure_queue(&cfg.sqs(), &name, provision::output_attributes(&name), &c)
+        .await
+        .expect("create the FIFO queue");
+    // Converging an existing FIFO queue must not try to change its type.
+    let again = provision::ensure_queue(&cfg.sqs(), &name, provision::output_attributes(&name), &c)
+        .await
+        .expect("converge the FIFO queue");
+    assert_eq!(again, url);
+    let q = SqsQueue::new(cfg.sqs(), url, c.clone());
+    assert!(q.is_fifo());
+
+    // 12 results (two batches), then the first 5 again, as a worker re-sends
+    // stored results after a crash between send and delete.
+    let keys: Vec<String> = (0..12).map(|i| format!("run-1/job:{i:03}")).collect();
+    let bodies: Vec<String> = keys.iter().map(|k| format!(r#"{{"job_id":"{k}"}}"#)).collect();
+    assert_eq!(q.send_keyed(&keys, &bodies).await.expect("send"), vec![]);
+    assert_eq!(q.send_keyed(&keys[..5], &bodies[..5]).await.expect("re-send"), vec![], "a repeat is accepted");
+
+    let got = receive_n(&q, 12, WAIT).await;
+    let handles: Vec<String> = got.iter().map(|m| m.receipt_handle.clone()).collect();
+    assert_eq!(q.delete(&handles).await.expect("delete"), vec![]);
+    // Nothing more arrives: the five re-sends were dropped as duplicates.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline {
+        let more = q.receive(10, Duration::from_secs(1)).await.expect("receive");
+        assert!(more.is_empty(), "a re-sent result was delivered again: {:?}", more[0].body);
+    }
+    let want: BTreeSet<_> = bodies.iter().cloned().collect();
+    assert_eq!(got.into_iter().map(|m| m.body).collect::<BTreeSet<_>>(), want);
+    delete_queue(&cfg, q.url()).await;
+}

@@ -96,6 +96,19 @@ pub trait MessageSink: Send + Sync + 'static {
     /// Sends bodies in batches of 10, retrying failed entries that are
     /// retryable. Returns the entries that could not be sent.
     fn send(&self, bodies: &[String]) -> impl Future<Output = Result<Vec<EntryFailure>, ServiceError>> + Send;
+
+    /// Like [`send`](Self::send), each body with a deduplication key (its job
+    /// id, `keys[i]` for `bodies[i]`). A sink that can deduplicate (an SQS
+    /// FIFO queue: five minutes) accepts a repeated key without delivering
+    /// the body again; by default the keys are ignored.
+    fn send_keyed(
+        &self,
+        keys: &[String],
+        bodies: &[String],
+    ) -> impl Future<Output = Result<Vec<EntryFailure>, ServiceError>> + Send {
+        let _ = keys;
+        self.send(bodies)
+    }
 }
 
 /// The dedup table: one [`OutcomeRecord`] per job id, changed only by the

@@ -77,6 +77,12 @@ struct InitArgs {
     /// while they work).
     #[arg(long, default_value_t = 60)]
     visibility_timeout: u64,
+    /// Make the output queue a FIFO queue, {prefix}-out.fifo: the workers
+    /// send each result with its job id as deduplication id, so a result
+    /// re-sent within five minutes (after a worker died between sending it
+    /// and deleting its input) is delivered once.
+    #[arg(long)]
+    fifo_results: bool,
     /// Print `export SCOREFLEET_…=…` lines to source, instead of JSON.
     #[arg(long)]
     env: bool,
@@ -242,6 +248,9 @@ async fn init_cmd(args: &InitArgs) -> anyhow::Result<ExitCode> {
     let mut spec = scorefleet_aws::StackSpec::named(&args.prefix);
     spec.max_receive_count = args.max_receive_count;
     spec.visibility_timeout = std::time::Duration::from_secs(args.visibility_timeout);
+    if args.fifo_results {
+        spec.output_queue.push_str(".fifo");
+    }
     let p = scorefleet_aws::provision(&aws, &spec, &ApiCounters::new()).await?;
     if args.env {
         for (k, v) in [

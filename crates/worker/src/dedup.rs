@@ -151,7 +151,7 @@ async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Rec
             return match record.result {
                 // The first copy's result may never have been sent (crash
                 // between finish and send): sending again is the safe side.
-                Some(body) => Step::Emit(Emit::Resend { receipt: m.receipt_handle, body }),
+                Some(body) => Step::Emit(Emit::Resend { job_id: job_id.to_string(), receipt: m.receipt_handle, body }),
                 None => Step::Leave,
             };
         }

@@ -54,14 +54,17 @@ async fn flush<Q: JobQueue, S: MessageSink, O, F, P>(ctx: &Ctx<Q, S, O, F, P>, p
         return;
     }
     let items = std::mem::take(pending);
-    let bodies: Vec<String> = items
+    // Each result keyed by its job id: a FIFO output queue delivers one
+    // copy per job however often it is sent within five minutes (a re-send
+    // after a crash between send and delete included).
+    let (keys, bodies): (Vec<String>, Vec<String>) = items
         .iter()
         .map(|e| match e {
-            Emit::Finished { body, .. } | Emit::Resend { body, .. } => body.clone(),
+            Emit::Finished { job_id, body, .. } | Emit::Resend { job_id, body, .. } => (job_id.clone(), body.clone()),
         })
-        .collect();
+        .unzip();
     let mut sent = vec![false; items.len()];
-    match retrying(ctx, || ctx.ports.sink.send(&bodies)).await {
+    match retrying(ctx, || ctx.ports.sink.send_keyed(&keys, &bodies)).await {
         Ok(failed) => {
             sent = vec![true; items.len()];
             for f in failed {

@@ -122,9 +122,9 @@ pub(crate) struct Outcome {
 #[derive(Debug)]
 pub(crate) enum Emit {
     /// A finished job: send its result, then delete its message.
-    Finished { key: u64, receipt: String, body: String, received: Instant },
+    Finished { key: u64, job_id: String, receipt: String, body: String, received: Instant },
     /// A duplicate of a finished job: re-send the stored result, delete.
-    Resend { receipt: String, body: String },
+    Resend { job_id: String, receipt: String, body: String },
 }
 
 /// Shared state of one pipeline run.

@@ -82,5 +82,11 @@ async fn record_one<Q, S, O: OutcomeStore, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, o
             0
         }
     };
-    Some(Emit::Finished { key: o.job.key, receipt: o.job.receipt, body, received: o.job.received })
+    Some(Emit::Finished {
+        key: o.job.key,
+        job_id: o.job.job_id.to_string(),
+        receipt: o.job.receipt,
+        body,
+        received: o.job.received,
+    })
 }
