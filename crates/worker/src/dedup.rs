@@ -111,9 +111,16 @@ async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Rec
     let claim_run = if run_id.is_empty() { UNPARSABLE_RUN } else { run_id.as_str() };
     let started = Instant::now();
     let lease_ms = ctx.settings.lease.as_millis() as u64;
+    let margin_ms = (crate::lease::margin(ctx.settings.lease).as_millis() as u64).min(lease_ms / 2);
+    // The visibility runs from the receive (the message may have waited in
+    // the channel since); the lease ends a margin before it, so a message
+    // whose worker died comes back to a lease already over.
+    let lease_until_ms = received_ms.min(now_ms()) + lease_ms - margin_ms;
     let mut attempt = 0;
     let claimed = loop {
-        match ctx.ports.store.claim(&job_id, claim_run, &ctx.settings.worker_id, now_ms(), lease_ms).await {
+        let now = now_ms();
+        let claim_ms = lease_until_ms.saturating_sub(now).max(margin_ms);
+        match ctx.ports.store.claim(&job_id, claim_run, &ctx.settings.worker_id, now, claim_ms).await {
             Ok(c) => break c,
             Err(e) if e.is_transient() && attempt < ctx.settings.retries => {
                 tokio::time::sleep(backoff(ctx.settings.backoff, attempt)).await;
@@ -156,10 +163,7 @@ async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Rec
             };
         }
     };
-    // The earlier of the two clocks: the DynamoDB lease runs from the claim,
-    // the SQS visibility from the receive (the message may have waited in
-    // the channel since). The keeper extends both before the earlier ends.
-    let lease_until_ms = received_ms.min(now_ms()) + lease_ms;
+    // The keeper extends both before the lease (the earlier) ends.
     let key = ctx.registry.insert(InFlight {
         job_id: job_id.clone(),
         message_id: m.message_id.clone(),

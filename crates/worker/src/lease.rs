@@ -8,6 +8,12 @@
 //! and the DynamoDB lease (fenced `renew`) together. A refused renew means
 //! another worker took the job over: it is marked lost and never finished or
 //! deleted by this worker.
+//!
+//! The DynamoDB lease always ends a [`margin`] before the message's
+//! visibility: when a worker dies, its message reappears only after its
+//! lease has run out, so the next worker to receive it takes it over at once
+//! instead of finding it `Busy` and leaving it for another whole visibility
+//! timeout (each of those receives counts towards the dead-letter limit).
 
 use crate::metrics::SharedMetrics;
 use scorefleet_core::job::JobId;
@@ -90,7 +96,7 @@ impl Registry {
     }
 
     /// Jobs whose lease ends before `before_ms`.
-    fn due(&self, before_ms: u64) -> Vec<(u64, InFlight)> {
+    pub(crate) fn due(&self, before_ms: u64) -> Vec<(u64, InFlight)> {
         self.map
             .lock()
             .map(|m| m.iter().filter(|(_, j)| j.lease_until_ms < before_ms).map(|(k, j)| (*k, j.clone())).collect())
@@ -109,6 +115,13 @@ impl Registry {
     pub fn drain(&self) -> Vec<InFlight> {
         self.map.lock().map(|mut m| m.drain().map(|(_, j)| j).collect()).unwrap_or_default()
     }
+}
+
+/// How much earlier than the message's visibility the DynamoDB lease ends: a
+/// tenth of the lease, within 250 ms..5 s (clock skew between the worker
+/// and SQS, and the time a visibility change takes to apply).
+pub fn margin(lease: Duration) -> Duration {
+    (lease / 10).clamp(Duration::from_millis(250), Duration::from_secs(5))
 }
 
 /// Extends leases until `stop` is cancelled.
@@ -146,7 +159,8 @@ pub async fn renew_due<Q: JobQueue, O: OutcomeStore>(
     if due.is_empty() {
         return;
     }
-    let until = now + lease_ms;
+    // The lease ends a margin before the visibility it comes with.
+    let until = now + lease_ms - (margin(lease).as_millis() as u64).min(lease_ms / 2);
     // Visibility first: the message is what another worker would see.
     let entries: Vec<(String, Duration)> = due.iter().map(|(_, j)| (j.receipt.clone(), lease)).collect();
     match queue.change_visibility(&entries).await {

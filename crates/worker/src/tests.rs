@@ -619,3 +619,70 @@ async fn receiving_pauses_at_the_in_flight_limit_and_resumes_as_jobs_finish() {
     until("every message deleted", || h.queue.undeleted().is_empty()).await;
     assert_eq!(h.sink.results().len(), 60, "one result per job");
 }
+
+/// Where a lease ends against `now`: (lower, upper) bounds for a write made
+/// between `before` and `after` with the lease ending a margin early.
+fn lease_window(before: u64, after: u64, lease: Duration) -> (u64, u64) {
+    let early = lease.as_millis() as u64 - crate::lease::margin(lease).as_millis() as u64;
+    (before + early, after + early)
+}
+
+#[tokio::test]
+async fn a_claimed_lease_ends_a_margin_before_the_visibility_that_started_at_the_receive() {
+    let gate = Arc::new(Semaphore::new(0));
+    let s = settings();
+    let before = now_ms();
+    let h = start(
+        vec![job("m1", "slow-a")],
+        vec![("slow-a", Ok("digit:1"))],
+        MemStore::default(),
+        Some(gate.clone()),
+        s.clone(),
+    );
+    until("claimed", || h.registry.len() == 1).await;
+    let after = now_ms();
+    let rec = h.store.get_now("m1").expect("claim record");
+    let (lo, hi) = lease_window(before, after, s.lease);
+    // Without the margin the lease would end a whole lease after the claim,
+    // later than the message's visibility (a lease after the receive).
+    assert!((lo..=hi).contains(&rec.lease_until_ms), "lease ends {} not in {lo}..={hi}", rec.lease_until_ms);
+    let held = h.registry.due(u64::MAX);
+    assert_eq!(
+        held.first().map(|(_, j)| j.lease_until_ms),
+        Some(rec.lease_until_ms),
+        "the keeper works to the same end"
+    );
+    gate.add_permits(1);
+    until("finished", || h.queue.undeleted().is_empty()).await;
+    let _ = h.stop().await;
+}
+
+#[tokio::test]
+async fn the_keeper_extends_the_visibility_by_a_lease_and_the_lease_to_a_margin_less() {
+    let log = Arc::new(Log::default());
+    let queue = MemQueue::new(log.clone(), &[("k1", "{}".to_owned())]);
+    let store = MemStore::default();
+    let lease = Duration::from_secs(30);
+    let got = queue.receive(1, Duration::ZERO).await.expect("receive");
+    let id = JobId::parse("k1").expect("id");
+    let ClaimOutcome::Claimed(fence) = store.claim(&id, "r", "w1", now_ms(), 1_000).await.expect("claim") else {
+        panic!("a fresh job is claimed")
+    };
+    let registry = Registry::default();
+    registry.insert(crate::lease::InFlight {
+        job_id: id,
+        message_id: "k1".into(),
+        receipt: got[0].receipt_handle.clone(),
+        fence,
+        lease_until_ms: now_ms() + 1_000,
+    });
+    let metrics: SharedMetrics = Arc::new(Metrics::default());
+    let before = now_ms();
+    crate::lease::renew_due(&queue, &store, &registry, &metrics, lease).await;
+    let after = now_ms();
+    assert!(log.all().contains(&"vis:k1:30".to_owned()), "visibility extended by a lease: {:?}", log.all());
+    let (lo, hi) = lease_window(before, after, lease);
+    let until = store.get_now("k1").expect("record").lease_until_ms;
+    assert!((lo..=hi).contains(&until), "lease ends {until} not in {lo}..={hi}");
+    assert_eq!(metrics.lease_renewals.load(Ordering::Relaxed), 1);
+}
