@@ -71,7 +71,9 @@ lint:
 fuzz:
 	scripts/fuzz.sh
 
-# The dependency audit: cargo-deny bans, licenses, sources, and advisories when
-# the RustSec database can be fetched (see docs/security.md).
+# The dependency audit (a step of .ci/run): cargo-deny advisories, bans,
+# licenses, sources; advisories against the RustSec database when it can be
+# fetched, else the snapshot in third_party/rustsec-advisory-db (see
+# docs/security.md).
 deny:
 	scripts/deny.sh
