@@ -75,9 +75,26 @@ def main():
 
         return re.sub(r"\$\{([^}!]+)\}", rep, s)
 
+    def condition(name):
+        # The template's conditions under the parameters' defaults (Equals,
+        # Not, and a named Condition).
+        def ev(c):
+            (k, x), = c.items()
+            if k == "Fn::Equals":
+                return resolve(x[0]) == resolve(x[1])
+            if k == "Fn::Not":
+                return not ev(x[0])
+            if k == "Condition":
+                return condition(x)
+            raise ValueError(f"condition {k} not supported by this audit")
+
+        return ev(tpl["Conditions"][name])
+
     def resolve(v):
         if isinstance(v, dict) and len(v) == 1:
             (k, x), = v.items()
+            if k == "Fn::If":
+                return resolve(x[1] if condition(x[0]) else x[2])
             if k == "Fn::Sub":
                 return sub(x if isinstance(x, str) else x[0])
             if k == "Fn::GetAtt":

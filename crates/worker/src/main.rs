@@ -58,9 +58,10 @@ struct Cli {
     /// Largest model batch, gathered across messages.
     #[arg(long, env = "SCOREFLEET_MAX_BATCH", default_value_t = 32)]
     max_batch: usize,
-    /// Most jobs held at once, from claim to delete; receiving pauses at this
-    /// many. 0: four model batches (at least 40). Keep it well under what the
-    /// worker scores in half a lease (ResNet-18 on 2 cores: ~8 images/s).
+    /// Most jobs held at once, received or claimed until deleted; receiving
+    /// pauses there. Below it the worker holds what it finishes in a quarter
+    /// of a lease at its measured rate (at least 10). 0: four model batches
+    /// (at least 40).
     #[arg(long, env = "SCOREFLEET_MAX_IN_FLIGHT", default_value_t = 0)]
     max_in_flight: usize,
     /// Threads of the inference pool (0: one per core). One thread runs the

@@ -76,31 +76,49 @@ pub(crate) async fn release_claim<Q, S, O: OutcomeStore, F, P>(
     }
 }
 
-/// Cancels `token` on the first SIGTERM or SIGINT.
-pub async fn on_signal(token: CancellationToken) {
-    wait_for_signal().await;
-    tracing::info!("signal received: stopping receives and draining");
-    token.cancel();
+/// Cancels `token` on the first SIGTERM or SIGINT. The handlers are
+/// installed when this is called, not when the future is first polled, so a
+/// signal that arrives before the spawned task runs is not the default
+/// action (exit by signal) but a drain. Call it inside the runtime.
+pub fn on_signal(token: CancellationToken) -> impl Future<Output = ()> + Send + 'static {
+    let signals = Signals::install();
+    async move {
+        signals.wait().await;
+        tracing::info!("signal received: stopping receives and draining");
+        token.cancel();
+    }
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, once installed.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+    streams: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+}
+
+impl Signals {
+    fn install() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let streams = match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+                (Ok(term), Ok(int)) => Some((term, int)),
+                _ => None,
+            };
+            Self { streams }
         }
+        #[cfg(not(unix))]
+        Self {}
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn wait(self) {
+        #[cfg(unix)]
+        if let Some((mut term, mut int)) = self.streams {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

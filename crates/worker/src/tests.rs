@@ -686,3 +686,47 @@ async fn the_keeper_extends_the_visibility_by_a_lease_and_the_lease_to_a_margin_
     assert!((lo..=hi).contains(&until), "lease ends {until} not in {lo}..={hi}");
     assert_eq!(metrics.lease_renewals.load(Ordering::Relaxed), 1);
 }
+
+/// Feeds `InFlightLimit` one sample a second at `per_s` jobs a second;
+/// returns the limit after each.
+fn limits(limit: &mut crate::receive::InFlightLimit, start: std::time::Instant, per_s: &[u64]) -> Vec<usize> {
+    let mut done = 0;
+    per_s
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            done += n;
+            limit.update(done, start + Duration::from_secs(i as u64 + 1))
+        })
+        .collect()
+}
+
+#[test]
+fn the_in_flight_limit_follows_the_measured_rate_within_a_receive_and_the_ceiling() {
+    let start = std::time::Instant::now();
+    // Lease 10 s: a quarter is 2.5 s of work. Batch 32, ceiling 128.
+    let s = Settings { lease: Duration::from_secs(10), max_batch: 32, ..settings() };
+    let mut slow = crate::receive::InFlightLimit::new(&s, 0, start);
+    assert_eq!(slow.update(0, start), 32, "one model batch before anything is measured");
+    // 2 jobs/s (an emulator, a large model): 5 jobs in 2.5 s, floored at one receive.
+    assert_eq!(limits(&mut slow, start, &[2; 6]).last(), Some(&10));
+
+    // 200 jobs/s: 500 in 2.5 s, capped at 128, reached by growing at most
+    // by half per sample.
+    let mut fast = crate::receive::InFlightLimit::new(&s, 0, start);
+    assert_eq!(limits(&mut fast, start, &[200; 5]), vec![49, 74, 112, 128, 128]);
+
+    // 20 jobs/s: 50 in 2.5 s. One sample of 1,000 does not throw it to the
+    // ceiling, and samples within the same second are not taken.
+    let mut steady = crate::receive::InFlightLimit::new(&s, 0, start);
+    let l = limits(&mut steady, start, &[20, 20, 20, 20, 20, 20, 20, 20, 20, 20]);
+    assert_eq!(l.last(), Some(&50));
+    assert_eq!(steady.update(1_200, start + Duration::from_millis(10_500)), 50, "half a second: no sample");
+    let after_spike = steady.update(1_200, start + Duration::from_secs(11));
+    assert!(after_spike <= 76, "a spike moves the limit by at most half: {after_spike}");
+
+    // An explicit --max-in-flight is the ceiling; the floor never exceeds it.
+    let tight = Settings { max_in_flight: 5, ..s };
+    let mut t = crate::receive::InFlightLimit::new(&tight, 0, start);
+    assert_eq!(limits(&mut t, start, &[0, 0, 100, 100]), vec![5, 5, 5, 5]);
+}
