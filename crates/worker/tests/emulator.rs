@@ -164,11 +164,22 @@ async fn kill_9_of_one_worker_the_survivor_takes_over_and_every_job_completes_on
     let s = stack("crash", Duration::from_secs(6), 10).await;
     let (ids, bodies, want) = digit_jobs(&s, N).await;
     s.enqueue(&bodies).await;
-    let victim = spawn_worker(&s, "w-victim", &["--lease-seconds", "6", "--max-batch", "4"]);
+    // The victim holds at most 20 jobs but waits up to 4 s to fill a batch
+    // of 64, so it sits on claimed jobs; it is killed while it holds some (a
+    // fast worker's claims may all be finished whenever the test looks).
+    let victim = spawn_worker(
+        &s,
+        "w-victim",
+        &["--lease-seconds", "6", "--max-batch", "64", "--max-wait-ms", "4000", "--max-in-flight", "20"],
+    );
     let survivor = spawn_worker(&s, "w-survivor", &["--lease-seconds", "6", "--max-batch", "4"]);
-    let first = s.results(5, Duration::from_secs(120)).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while victim.metric("scorefleet_in_flight ").await == 0 {
+        assert!(std::time::Instant::now() < deadline, "the victim never claimed a job");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     victim.signal("KILL");
-    let all = s.more_results(first, N, Duration::from_secs(300)).await;
+    let all = s.more_results(Vec::new(), N, Duration::from_secs(300)).await;
     let distinct: HashSet<&str> = all.iter().map(|r| r.job_id.as_str()).collect();
     assert_eq!(distinct.len(), N, "every job completes");
     for r in &all {
