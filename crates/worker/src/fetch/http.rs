@@ -113,11 +113,13 @@ impl<R: Resolve> HttpFetcher<R> {
     }
 
     /// The body behind `url`, at most `max_bytes` long.
+    /// Error messages name the URLs involved without their query strings.
     pub async fn fetch(&self, url: &Url, max_bytes: u64) -> Result<Vec<u8>, JobError> {
-        match tokio::time::timeout(self.timeouts.total, self.follow(url.clone(), max_bytes)).await {
+        let r = match tokio::time::timeout(self.timeouts.total, self.follow(url.clone(), max_bytes)).await {
             Ok(r) => r,
             Err(_) => Err(failed(format!("{url}: no complete response within {:?}", self.timeouts.total))),
-        }
+        };
+        r.map_err(|e| JobError::new(e.kind, redact_queries(&e.message)))
     }
 
     async fn follow(&self, mut url: Url, max_bytes: u64) -> Result<Vec<u8>, JobError> {
@@ -283,6 +285,33 @@ enum Hop {
     Redirect(String),
 }
 
+/// `msg` with the query string and fragment of every http(s) URL in it
+/// replaced by `?…`: a presigned URL's signature, or a token in a query, is
+/// a credential, and error messages are logged and stored with results.
+pub(crate) fn redact_queries(msg: &str) -> String {
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(start) = ["http://", "https://"].iter().filter_map(|p| rest.find(p)).min() {
+        out.push_str(&rest[..start]);
+        // A URL as `Url` prints it has no whitespace; a colon right before
+        // the whitespace is the message's own (`{url}: …`).
+        let end = rest[start..].find(char::is_whitespace).map_or(rest.len(), |e| start + e);
+        let token = &rest[start..end];
+        let (token, colon) = token.strip_suffix(':').map_or((token, ""), |t| (t, ":"));
+        match token.find(['?', '#']) {
+            Some(cut) => {
+                out.push_str(&token[..cut]);
+                out.push_str("?…");
+            }
+            None => out.push_str(token),
+        }
+        out.push_str(colon);
+        rest = &rest[end..];
+    }
+    out.push_str(rest);
+    out
+}
+
 fn too_large(url: &Url, max_bytes: u64) -> JobError {
     JobError::new(ErrorKind::TooLarge, format!("{url}: body is over the {max_bytes}-byte limit"))
 }
@@ -381,6 +410,37 @@ mod tests {
 
     async fn get(f: &HttpFetcher<FakeDns>, url: &str, max: u64) -> Result<Vec<u8>, ErrorKind> {
         f.fetch(&Url::parse(url).expect(url), max).await.map_err(|e| e.kind)
+    }
+
+    #[test]
+    fn query_strings_are_redacted_from_error_messages() {
+        let cases = [
+            (
+                "https://b.s3.amazonaws.com/k.png?X-Amz-Signature=abc&X-Amz-Credential=AKIA: 403 Forbidden",
+                "https://b.s3.amazonaws.com/k.png?…: 403 Forbidden",
+            ),
+            (
+                "http://a/x?t=1: redirect to https://c/y?token=s3cr3t#frag refused",
+                "http://a/x?…: redirect to https://c/y?… refused",
+            ),
+            ("https://a/plain: 404 Not Found", "https://a/plain: 404 Not Found"),
+            ("no url here", "no url here"),
+            ("https://a/p#only-fragment", "https://a/p?…"),
+        ];
+        for (msg, want) in cases {
+            assert_eq!(redact_queries(msg), want);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_fetch_names_its_url_without_the_query() {
+        let port = server(vec![("/gone", status("404 Not Found"))]).await;
+        let f = fetcher(loopback_ok());
+        let url = Url::parse(&format!("http://127.0.0.1:{port}/gone?X-Amz-Signature=s3cr3t")).expect("url");
+        let e = f.fetch(&url, 1_000).await.expect_err("404");
+        assert_eq!(e.kind, ErrorKind::FetchNotFound);
+        assert!(!e.message.contains("s3cr3t"), "{}", e.message);
+        assert!(e.message.contains("/gone?…"), "{}", e.message);
     }
 
     #[tokio::test]
