@@ -111,7 +111,7 @@ async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Rec
     let claim_run = if run_id.is_empty() { UNPARSABLE_RUN } else { run_id.as_str() };
     let started = Instant::now();
     let lease_ms = ctx.settings.lease.as_millis() as u64;
-    let margin_ms = (crate::lease::margin(ctx.settings.lease).as_millis() as u64).min(lease_ms / 2);
+    let margin_ms = crate::lease::margin(ctx.settings.lease).as_millis() as u64;
     // The visibility runs from the receive (the message may have waited in
     // the channel since); the lease ends a margin before it, so a message
     // whose worker died comes back to a lease already over.

@@ -119,9 +119,10 @@ impl Registry {
 
 /// How much earlier than the message's visibility the DynamoDB lease ends: a
 /// tenth of the lease, within 250 ms..5 s (clock skew between the worker
-/// and SQS, and the time a visibility change takes to apply).
+/// and SQS, and the time a visibility change takes to apply), and never more
+/// than half the lease.
 pub fn margin(lease: Duration) -> Duration {
-    (lease / 10).clamp(Duration::from_millis(250), Duration::from_secs(5))
+    (lease / 10).clamp(Duration::from_millis(250), Duration::from_secs(5)).min(lease / 2)
 }
 
 /// Extends leases until `stop` is cancelled.
@@ -160,7 +161,7 @@ pub async fn renew_due<Q: JobQueue, O: OutcomeStore>(
         return;
     }
     // The lease ends a margin before the visibility it comes with.
-    let until = now + lease_ms - (margin(lease).as_millis() as u64).min(lease_ms / 2);
+    let until = now + lease_ms - margin(lease).as_millis() as u64;
     // Visibility first: the message is what another worker would see.
     let entries: Vec<(String, Duration)> = due.iter().map(|(_, j)| (j.receipt.clone(), lease)).collect();
     match queue.change_visibility(&entries).await {
