@@ -109,14 +109,10 @@ pub(crate) async fn run<Q: JobQueue, S, O, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, t
                 // visibility timeout. Let it finish (it answers at once when
                 // messages wait, within `wait` otherwise) and hand back
                 // whatever it got.
-                if let Ok(msgs) = poll.await
-                    && !msgs.is_empty()
-                {
-                    let entries: Vec<(String, std::time::Duration)> =
-                        msgs.iter().map(|m| (m.receipt_handle.clone(), std::time::Duration::ZERO)).collect();
-                    if let Err(e) = ctx.ports.queue.change_visibility(&entries).await {
-                        tracing::warn!(error = %e, "could not return messages received during shutdown");
-                    }
+                if let Ok(msgs) = poll.await {
+                    let entries: Vec<(String, Duration)> =
+                        msgs.iter().map(|m| (m.receipt_handle.clone(), Duration::ZERO)).collect();
+                    crate::shutdown::give_back(&ctx, &entries).await;
                 }
                 return;
             }
