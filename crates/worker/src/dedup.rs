@@ -1,5 +1,7 @@
 //! Dedup: parse each message and claim its job in the outcome table.
 //!
+//! - A redelivery of a message this worker still holds is not claimed: its
+//!   newer receipt handle replaces the old one and the copy in flight goes on.
 //! - `Claimed`/`TakenOver` → the job goes on to fetch (or, for a body that is
 //!   broken but names a job id, straight to record as `invalid_message`).
 //! - `Busy` → another live lease holds it: leave the message, its visibility
@@ -105,6 +107,16 @@ async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Rec
             }
         },
     };
+    // Our own job, redelivered while we still work on it (its visibility
+    // lapsed: extensions failed): adopt the newer receipt handle and let the
+    // copy in flight finish. A claim would find our lease over (it ends a
+    // margin before the visibility), take it over from ourselves and score
+    // the job a second time.
+    if ctx.registry.refresh_receipt(&job_id, &m.message_id, &m.receipt_handle) {
+        ctx.metrics.busy.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(job_id = %job_id, "redelivered while in flight; newest receipt handle adopted");
+        return Step::Leave;
+    }
     let run_id = parsed.as_ref().map(|j| j.run_id.clone()).unwrap_or_default();
     // The table indexes records by run (a key attribute cannot be empty): a
     // broken body without a readable run is filed under a fixed placeholder.

@@ -90,6 +90,18 @@ impl MemQueue {
         self.msgs.lock().expect("q").iter().any(|m| m.id == id && m.deleted)
     }
 
+    /// Makes a message visible again at once, as a lapsed visibility does.
+    fn lapse(&self, id: &str) {
+        let mut msgs = self.msgs.lock().expect("q");
+        if let Some(m) = msgs.iter_mut().find(|m| m.id == id) {
+            m.visible_at = Instant::now();
+        }
+    }
+
+    fn receives(&self, id: &str) -> u32 {
+        self.msgs.lock().expect("q").iter().find(|m| m.id == id).map_or(0, |m| m.receives)
+    }
+
     fn with_handle<R>(&self, handle: &str, f: impl FnOnce(&mut Msg) -> R) -> Option<R> {
         let mut msgs = self.msgs.lock().expect("q");
         msgs.iter_mut().find(|m| !m.deleted && m.handle.as_deref() == Some(handle)).map(f)
@@ -729,4 +741,33 @@ fn the_in_flight_limit_follows_the_measured_rate_within_a_receive_and_the_ceilin
     let tight = Settings { max_in_flight: 5, ..s };
     let mut t = crate::receive::InFlightLimit::new(&tight, 0, start);
     assert_eq!(limits(&mut t, start, &[0, 0, 100, 100]), vec![5, 5, 5, 5]);
+}
+
+#[tokio::test]
+async fn our_own_job_redelivered_after_our_lease_ran_out_is_adopted_not_scored_again() {
+    let gate = Arc::new(Semaphore::new(0));
+    let h = start(
+        vec![job("own", "slow-a")],
+        vec![("slow-a", Ok("digit:1"))],
+        MemStore::default(),
+        Some(gate.clone()),
+        settings(),
+    );
+    until("claimed and fetching", || h.fetcher.calls.load(Ordering::Relaxed) == 1).await;
+    // The keeper's renewals failed: our lease ran out (it ends before the
+    // visibility), then the visibility lapsed and the message came back.
+    let mut rec = h.store.get_now("own").expect("claim record");
+    rec.lease_until_ms = now_ms().saturating_sub(1);
+    h.store.put("own", rec.clone());
+    h.queue.lapse("own");
+    until("received again", || h.queue.receives("own") == 2).await;
+    until("seen as our own", || h.metrics.busy.load(Ordering::Relaxed) == 1).await;
+    assert_eq!(h.store.get_now("own").map(|r| r.attempt), Some(rec.attempt), "not taken over from ourselves");
+    gate.add_permits(10);
+    until("deleted with the newer handle", || h.queue.deleted("own")).await;
+    assert_eq!(h.inferences.load(Ordering::Relaxed), 1, "scored once");
+    assert_eq!(h.fetcher.calls.load(Ordering::Relaxed), 1, "fetched once");
+    assert_eq!(h.metrics.leases_lost.load(Ordering::Relaxed), 0);
+    assert_eq!(h.sink.results().len(), 1);
+    let _ = h.stop().await;
 }
