@@ -95,7 +95,7 @@ pub fn bench_network(
         let run = || -> Result<(), ModelError> {
             let logits = match path {
                 ForwardPath::Nhwc => network.forward(make())?,
-                ForwardPath::Reference => network.forward_reference(make()),
+                ForwardPath::Reference => network.forward_reference(make())?,
             };
             logits.into_data().try_to_vec_as::<f32>().map(|_| ()).map_err(|e| ModelError::Inference(format!("{e:?}")))
         };

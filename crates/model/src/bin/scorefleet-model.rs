@@ -15,7 +15,6 @@ use clap::{Parser, Subcommand};
 use npyz::WriterBuilder;
 use scorefleet_model::backend::BackendKind;
 use scorefleet_model::bench::{BenchInput, ForwardPath, bench_network};
-use scorefleet_model::digits::DigitsNhwc;
 use scorefleet_model::manifest::{Channels, Manifest, repo_manifest};
 use scorefleet_model::mnist::{self, Mnist};
 use scorefleet_model::onnx::OnnxModel;
@@ -213,6 +212,7 @@ fn main() -> Result<()> {
                     "trained by `scorefleet-model train --model digits --epochs {epochs} --batch-size {batch_size} \
                      --lr {lr} --lr-decay {lr_decay} --seed {seed} --backend {backend}`; MNIST test accuracy {accuracy:.4}"
                 )),
+                ..Manifest::default()
             };
             std::fs::write(out.join("manifest.json"), serde_json::to_string_pretty(&manifest)? + "\n")?;
             println!(
@@ -228,15 +228,22 @@ fn main() -> Result<()> {
             if let Some(n) = limit {
                 test_set = test_set.take(n);
             }
-            let loaded = scorefleet_model::predictor::load_digits_net(&manifest_path, &backend.device())?;
-            // The path the predictor serves (NHWC), not the burn module's forward.
-            let served = DigitsNhwc::new(&loaded.1)?;
+            // The path the predictor serves: the NHWC network, or the ONNX runner for an onnx manifest.
+            let m = futures::executor::block_on(scorefleet_model::load_model(
+                &manifest_path,
+                None,
+                &std::env::temp_dir().join("scorefleet-models"),
+                &weights::NoFetcher,
+                backend,
+            ))?;
+            let path = if matches!(m.network, Network::Onnx(_)) { "onnx" } else { "nhwc" };
             let start = std::time::Instant::now();
-            let accuracy = train::evaluate_with(|x| served.forward(x), &test_set, 500, &backend.device())?;
+            let accuracy = train::evaluate_with(|x| m.network.forward(x), &test_set, 500, &backend.device())?;
             let secs = start.elapsed().as_secs_f64();
+            let loaded = (m.manifest.clone(),);
             let report = serde_json::json!({
                 "model": loaded.0.name, "version": loaded.0.version(), "accuracy": accuracy,
-                "images": test_set.len(), "backend": backend.as_str(), "path": "nhwc", "seconds": secs,
+                "images": test_set.len(), "backend": backend.as_str(), "path": path, "seconds": secs,
             });
             if json {
                 println!("{report}");
