@@ -216,9 +216,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     tracing::info!(model = %loaded.model_ref.name, version = %loaded.model_ref.version, backend = backend.as_str(), task = ?loaded.manifest.task, "model loaded");
     let limits =
         scorefleet_model::Limits { max_encoded_bytes: cli.max_image_bytes as usize, max_pixels: cli.max_pixels };
+    let model_ref = loaded.model_ref.clone();
     let (preprocessor, predictor) = loaded.into_parts(limits);
 
     let metrics = Arc::new(Metrics::default());
+    metrics.set_model(&model_ref.name, &model_ref.version);
     let health = Arc::new(Health::default());
     let listener = tokio::net::TcpListener::bind(&cli.http_addr)
         .await
