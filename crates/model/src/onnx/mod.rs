@@ -131,6 +131,14 @@ fn proto_view(bytes: &[u8]) -> Result<ProtoView, ModelError> {
     let mut names_by_op: HashMap<String, Vec<String>> = HashMap::new();
     for n in &model.graph.node {
         names_by_op.entry(n.op_type.to_ascii_lowercase()).or_default().push(n.name.clone());
+        if n.op_type == "Attention"
+            && n.attribute.iter().any(|a| (a.name == "left_window_size" || a.name == "right_window_size") && a.i >= 0)
+        {
+            refused.push(format!(
+                "Attention (node {:?}, opset {opset}): a sliding window is not supported by the runner",
+                n.name
+            ));
+        }
         if n.op_type == "Dropout" && n.input.get(2).is_some_and(|t| !t.is_empty()) {
             refused.push(format!(
                 "Dropout (node {:?}, opset {opset}): a training_mode input is not supported by the runner",
