@@ -282,7 +282,7 @@ impl Manifest {
         if self.channel_order == ChannelOrder::Bgr && self.channels != Channels::Rgb {
             return Err("channel_order bgr needs channels rgb".into());
         }
-        if !(self.pixel_scale > 0.0) {
+        if self.pixel_scale.is_nan() || self.pixel_scale <= 0.0 {
             return Err("pixel_scale must be positive".into());
         }
         if let Some(f) = self.crop_fraction

@@ -458,7 +458,7 @@ fn main() -> Result<()> {
 
 fn onnx_model(path: &std::path::Path, device: &burn::tensor::Device) -> Result<OnnxModel> {
     let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
-    Ok(OnnxModel::from_bytes(&bytes, device).with_context(|| path.display().to_string())?)
+    OnnxModel::from_bytes(&bytes, device).with_context(|| path.display().to_string())
 }
 
 fn first_output(model: &OnnxModel, x: Value) -> Result<Value> {

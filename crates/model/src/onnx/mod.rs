@@ -26,7 +26,7 @@ enum Arg {
     /// An optional input left out.
     Absent,
     /// An initializer or constant, on the device since load.
-    Const(Value),
+    Const(Box<Value>),
     /// The output of an earlier node or a graph input; `last` when this read
     /// is the value's last, so it is moved out instead of cloned.
     Slot { slot: usize, last: bool },
@@ -202,12 +202,12 @@ impl OnnxModel {
         };
         let input_slots: Vec<usize> = graph.inputs.iter().map(|a| slot_of(&a.name, &mut names)).collect();
         let konst = |a: &onnx_ir::Argument| -> Result<Option<Value>, ModelError> {
-            if matches!(a.value_source, ValueSource::Static(_) | ValueSource::Constant) {
-                if let Some(td) = a.value() {
-                    return Value::from_tensor_data(&td, device)
-                        .map(Some)
-                        .map_err(|e| ModelError::Unsupported(format!("constant {}: {e}", a.name)));
-                }
+            if matches!(a.value_source, ValueSource::Static(_) | ValueSource::Constant)
+                && let Some(td) = a.value()
+            {
+                return Value::from_tensor_data(&td, device)
+                    .map(Some)
+                    .map_err(|e| ModelError::Unsupported(format!("constant {}: {e}", a.name)));
             }
             Ok(None)
         };
@@ -219,7 +219,7 @@ impl OnnxModel {
                 let arg = if a.is_optional() || (a.name.is_empty() && !a.is_static()) {
                     Arg::Absent
                 } else if let Some(v) = konst(a)? {
-                    Arg::Const(v)
+                    Arg::Const(Box::new(v))
                 } else if let Some(&slot) = names.get(&a.name) {
                     Arg::Slot { slot, last: false }
                 } else {
@@ -234,7 +234,7 @@ impl OnnxModel {
         let mut outputs = Vec::new();
         for o in &graph.outputs {
             outputs.push(if let Some(v) = konst(o)? {
-                Arg::Const(v)
+                Arg::Const(Box::new(v))
             } else {
                 let slot = *names
                     .get(&o.name)
@@ -279,7 +279,7 @@ impl OnnxModel {
             for a in &step.args {
                 given.push(match a {
                     Arg::Absent => None,
-                    Arg::Const(v) => Some(v.clone()),
+                    Arg::Const(v) => Some(Value::clone(v)),
                     Arg::Slot { slot, last: true } => env[*slot].take(),
                     Arg::Slot { slot, last: false } => env[*slot].clone(),
                 });
@@ -309,7 +309,7 @@ impl OnnxModel {
         self.outputs
             .iter()
             .map(|o| match o {
-                Arg::Const(v) => Ok(v.clone()),
+                Arg::Const(v) => Ok(Value::clone(v)),
                 Arg::Slot { slot, .. } => {
                     env[*slot].take().ok_or_else(|| ModelError::Inference("an output was not computed".into()))
                 }

@@ -359,7 +359,7 @@ fn reshape_target(input: &[usize], target: &[i64]) -> Res<Vec<usize>> {
     }
     if let Some(i) = infer {
         let known: usize = out.iter().product();
-        if known == 0 || total % known != 0 {
+        if known == 0 || !total.is_multiple_of(known) {
             return Err(format!("Reshape: cannot infer -1 for {input:?} → {target:?}"));
         }
         out[i] = total / known;
