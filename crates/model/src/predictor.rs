@@ -35,15 +35,16 @@ use std::path::Path;
 pub enum Network {
     /// The MNIST CNN.
     Digits {
-        /// The burn module.
-        reference: Box<DigitsNet>,
+        /// The burn module; dropped when the model is split for serving
+        /// ([`LoadedModel::into_parts`]), so a worker holds one copy of the weights.
+        reference: Option<Box<DigitsNet>>,
         /// The same weights, NHWC path.
         fast: Box<DigitsNhwc>,
     },
     /// ResNet-18, BatchNorm folded.
     ResNet18 {
-        /// The burn module.
-        reference: Box<ResNet18>,
+        /// The burn module; dropped for serving, as for `Digits`.
+        reference: Option<Box<ResNet18>>,
         /// The same weights, NHWC path.
         fast: Box<ResNet18Nhwc>,
     },
@@ -169,13 +170,13 @@ impl Network {
                 }
                 let mut net = DigitsNet::new(device);
                 weights::load_pytorch_safetensors(&mut net, bytes, source_name)?;
-                Ok(Network::Digits { fast: Box::new(DigitsNhwc::new(&net)?), reference: Box::new(net) })
+                Ok(Network::Digits { fast: Box::new(DigitsNhwc::new(&net)?), reference: Some(Box::new(net)) })
             }
             "resnet18" => {
                 let mut raw = ResNet18Raw::new(classes, device);
                 raw.load_pytorch(bytes, source_name)?;
                 let net = raw.fold();
-                Ok(Network::ResNet18 { fast: Box::new(ResNet18Nhwc::new(&net)?), reference: Box::new(net) })
+                Ok(Network::ResNet18 { fast: Box::new(ResNet18Nhwc::new(&net)?), reference: Some(Box::new(net)) })
             }
             other => Err(ModelError::Invalid(format!("unknown architecture {other:?} (digits, resnet18)"))),
         }
@@ -195,8 +196,11 @@ impl Network {
     /// through the burn modules' own `forward` (the reference the NHWC path is tested against).
     pub fn forward_reference(&self, images: Tensor<4>) -> Result<Tensor<2>, ModelError> {
         match self {
-            Network::Digits { reference, .. } => Ok(reference.forward(images)),
-            Network::ResNet18 { reference, .. } => Ok(reference.forward(images)),
+            Network::Digits { reference: Some(r), .. } => Ok(r.forward(images)),
+            Network::ResNet18 { reference: Some(r), .. } => Ok(r.forward(images)),
+            Network::Digits { reference: None, .. } | Network::ResNet18 { reference: None, .. } => {
+                Err(ModelError::Invalid("the burn module was dropped when the model was split for serving".into()))
+            }
             // A graph has one path: burn's ops.
             Network::Onnx(net) => net.forward(images),
         }
@@ -350,7 +354,14 @@ impl LoadedModel {
 
     /// Splits into the decode pool's [`Preprocessor`](scorefleet_core::traits::Preprocessor)
     /// and the inference thread's [`Predictor`].
-    pub fn into_parts(self, limits: Limits) -> (ImagePreprocessor, BurnPredictor) {
+    pub fn into_parts(mut self, limits: Limits) -> (ImagePreprocessor, BurnPredictor) {
+        // Serving runs the NHWC form (or the graph): the burn module's copy of
+        // the weights goes.
+        match &mut self.network {
+            Network::Digits { reference, .. } => *reference = None,
+            Network::ResNet18 { reference, .. } => *reference = None,
+            Network::Onnx(_) => {}
+        }
         (self.preprocessor(limits), BurnPredictor { model: self })
     }
 

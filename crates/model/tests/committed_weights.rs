@@ -35,7 +35,7 @@ fn committed_digits_weights_match_their_manifest_and_score_the_sample() {
     assert_eq!(model.model_ref.version, format!("sha256:{}", sha256_hex(&bytes)));
 
     let sample = Mnist::test(&mnist::default_dir()).expect("mnist").take(1000);
-    let Network::Digits { reference, .. } = &model.network else { panic!("digits network") };
+    let Network::Digits { reference: Some(reference), .. } = &model.network else { panic!("digits network") };
     // The served (NHWC) path and the burn module must both score, and agree.
     let served = train::predict_classes(|x| model.network.forward(x), &sample, 250, &model.device).expect("served");
     let module = train::predict_classes(|x| Ok(reference.forward(x)), &sample, 250, &model.device).expect("module");
