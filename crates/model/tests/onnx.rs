@@ -262,3 +262,28 @@ fn a_graph_with_a_fixed_batch_of_one_scores_a_batch_one_image_at_a_time() {
         assert!((a[0].score - b[0].score).abs() < 1e-5);
     }
 }
+
+#[test]
+fn the_raw_task_returns_every_output_per_image_without_the_batch_axis() {
+    let mut m = Manifest::load(&repo_manifest("digits-onnx")).expect("manifest");
+    m.task = scorefleet_model::manifest::Task::Raw;
+    let graph = std::fs::read(root().join("models/digits-onnx/digits.onnx")).expect("graph");
+    let model =
+        load_model_from_bytes(m, graph, "digits.onnx", BackendKind::default_kind().expect("backend")).expect("load");
+    let (pre, mut model) = model.into_parts(Limits::default());
+    let (pngs, _) = mnist_pngs(2);
+    let inputs: Vec<_> = pngs.iter().map(|p| pre.preprocess(p).expect("png")).collect();
+    let scored = model.score(&inputs, 1).expect("raw");
+    assert_eq!(scored.len(), 2);
+    for s in &scored {
+        let shapes: Vec<(&str, &[usize], usize)> =
+            s.outputs.iter().map(|o| (o.name.as_str(), o.shape.as_slice(), o.data.len())).collect();
+        assert_eq!(shapes, [("output", &[10][..], 10), ("hr", &[128][..], 128)]);
+    }
+    // The logits of image 0 rank its classes as the classifier does.
+    let (_, mut classify) = load("digits-onnx").into_parts(Limits::default());
+    let top = &classify.predict(&inputs[..1], 1).expect("classify")[0][0];
+    let logits = &scored[0].outputs[0].data;
+    let argmax = (0..10).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).expect("10 logits");
+    assert_eq!(top.label, argmax.to_string());
+}
