@@ -386,9 +386,9 @@ fn failed_thumbs(s: &Stats, thumbs: &Thumbnails) -> String {
     let shown: Vec<String> = s
         .failures
         .iter()
-        .filter_map(|(kind, message, id, url)| {
+        .filter_map(|(kind, _, id, url)| {
             let Some(Ok(uri)) = thumbs.get(url) else { return None };
-            Some(figure(uri, id, url, &format!("{}: {}", esc(kind), esc(message))))
+            Some(figure(uri, id, url, &esc(kind)))
         })
         .collect();
     if shown.is_empty() {
@@ -571,7 +571,8 @@ table{border-collapse:collapse}td,th{border:1px solid #ddd;padding:3px 8px;text-
 td.msg{max-width:560px;overflow-wrap:anywhere}\
 img.thumb{width:64px;height:64px;object-fit:contain;image-rendering:pixelated;background:#000;display:block}\
 .thumbs{display:flex;gap:8px;flex-wrap:wrap}figure.thumb{margin:0;width:96px;font-size:11px;color:#555;overflow-wrap:anywhere}\
-figure.thumb figcaption{font-weight:400;margin:2px 0}.cell h3{font-weight:600}";
+figure.thumb figcaption{font-weight:400;margin:2px 0}\
+#thumbs-misclassified{display:flex;flex-wrap:wrap;gap:4px 28px}.cell h3{font-size:13px}";
 
 #[cfg(test)]
 mod tests {
