@@ -56,6 +56,13 @@ pub enum ModelError {
         /// What is wrong.
         message: String,
     },
+    /// The ONNX file cannot be parsed, or its graph is malformed.
+    #[error("onnx: {0}")]
+    Onnx(String),
+    /// The graph uses an operator or setting the runner does not execute
+    /// (refused at load, never at the first batch).
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
     /// Running the network failed.
     #[error("inference: {0}")]
     Inference(String),

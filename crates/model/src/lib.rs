@@ -8,6 +8,7 @@
 //! - [`weights`]: weights from a local path or `s3://` URL, cached on disk, verified by sha256.
 //! - [`preprocess`]: encoded bytes → [`scorefleet_core::traits::Chw`], with decompression-bomb limits.
 //! - [`digits`], [`resnet`]: the networks (burn modules, the reference) and their NHWC forms.
+//! - [`onnx`]: the ONNX graph runner: burn's `onnx-ir` parser, every node executed on burn ops.
 //! - [`nhwc`]: the fast inference path: channels-last im2col + burn matmul, fused epilogues.
 //! - [`predictor`]: a loaded model: softmax, top-k, the core traits.
 //! - [`mnist`], [`train`]: the IDX reader and the training/evaluation loops.
@@ -20,6 +21,7 @@ pub mod error;
 pub mod manifest;
 pub mod mnist;
 pub mod nhwc;
+pub mod onnx;
 pub mod predictor;
 pub mod preprocess;
 pub mod resnet;

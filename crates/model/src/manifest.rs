@@ -127,3 +127,8 @@ impl Manifest {
 pub fn repo_manifest(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models").join(name).join("manifest.json")
 }
+
+/// The repository's root (the checkout this crate was built from).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}

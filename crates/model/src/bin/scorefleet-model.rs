@@ -4,15 +4,22 @@
 //! scorefleet-model train --model digits [--epochs 4] [--out models/digits]
 //! scorefleet-model eval  --model digits [--json] [--limit N]
 //! scorefleet-model bench --manifest models/resnet18/manifest.json --batches 1,8,32 --json
+//! scorefleet-model infer --onnx MODEL.onnx --input IN.npy --output OUT.npy [--backend flex]
+//! scorefleet-model check --onnx MODEL.onnx        # against onnxruntime (.venv)
+//! scorefleet-model inspect --onnx MODEL.onnx [--json]
+//! scorefleet-model conformance --data DIR [--suite node,light] [--sample N] [--json]
 //! ```
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
+use npyz::WriterBuilder;
 use scorefleet_model::backend::BackendKind;
 use scorefleet_model::bench::{BenchInput, ForwardPath, bench_network};
 use scorefleet_model::digits::DigitsNhwc;
 use scorefleet_model::manifest::{Channels, Manifest, repo_manifest};
 use scorefleet_model::mnist::{self, Mnist};
+use scorefleet_model::onnx::OnnxModel;
+use scorefleet_model::onnx::value::Value;
 use scorefleet_model::predictor::Network;
 use scorefleet_model::train::{self, TrainConfig};
 use scorefleet_model::{digits, weights};
@@ -104,6 +111,69 @@ enum Command {
         /// Forward paths, comma-separated: `nhwc` (served) and/or `reference` (burn modules).
         #[arg(long, value_delimiter = ',', default_value = "nhwc")]
         paths: Vec<ForwardPath>,
+    },
+    /// Run an ONNX graph's first input on a float32 .npy array; write its first output as .npy.
+    Infer {
+        /// The ONNX model file.
+        #[arg(long)]
+        onnx: PathBuf,
+        /// float32 .npy input.
+        #[arg(long)]
+        input: PathBuf,
+        /// Where the first output goes (.npy, float32).
+        #[arg(long)]
+        output: PathBuf,
+        /// burn backend.
+        #[arg(long, env = "SCOREFLEET_BACKEND")]
+        backend: Option<BackendKind>,
+    },
+    /// Run one random input through onnxruntime (the venv's) and through the
+    /// runner; print the largest absolute and relative difference.
+    Check {
+        /// The ONNX model file.
+        #[arg(long)]
+        onnx: PathBuf,
+        /// Batch size where the graph's batch dimension is dynamic.
+        #[arg(long, default_value_t = 2)]
+        batch: usize,
+        /// The Python with onnxruntime.
+        #[arg(long, env = "SCOREFLEET_PYTHON", default_value = ".venv/bin/python")]
+        python: PathBuf,
+        /// burn backend.
+        #[arg(long, env = "SCOREFLEET_BACKEND")]
+        backend: Option<BackendKind>,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print an ONNX graph's inputs, outputs, opset, operator counts and
+    /// whether the runner executes every operator.
+    Inspect {
+        /// The ONNX model file.
+        #[arg(long)]
+        onnx: PathBuf,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the ONNX backend test suite (as `bench/python/onnx_backend_data.py`
+    /// writes it) through the runner.
+    Conformance {
+        /// Directory holding `node/` and `light/`.
+        #[arg(long)]
+        data: PathBuf,
+        /// Suites, comma-separated.
+        #[arg(long, value_delimiter = ',', default_value = "node,light")]
+        suite: Vec<String>,
+        /// Node cases per claimed operator (0: all).
+        #[arg(long, default_value_t = 0)]
+        sample: usize,
+        /// One JSON object per case.
+        #[arg(long)]
+        json: bool,
+        /// burn backend.
+        #[arg(long, env = "SCOREFLEET_BACKEND")]
+        backend: Option<BackendKind>,
     },
 }
 
@@ -210,7 +280,181 @@ fn main() -> Result<()> {
                 }
             }
         }
+        Command::Infer { onnx, input, output, backend } => {
+            let device = pick(backend)?.device();
+            let model = onnx_model(&onnx, &device)?;
+            let (data, shape) = read_npy(&input)?;
+            let x = Value::floats(data, shape, &device).map_err(anyhow::Error::msg)?;
+            let y = first_output(&model, x)?;
+            write_npy(&output, &y.to_f32s().map_err(anyhow::Error::msg)?, &y.shape)?;
+            eprintln!(
+                "{}: {:?} → {:?} in {}",
+                onnx.display(),
+                model.inspection.inputs[0].shape_string(),
+                y.shape,
+                output.display()
+            );
+        }
+        Command::Check { onnx, batch, python, backend, json } => {
+            let device = pick(backend)?.device();
+            let model = onnx_model(&onnx, &device)?;
+            let port = model.inspection.inputs.first().context("the graph has no input")?;
+            let shape: Vec<usize> =
+                port.shape.iter().enumerate().map(|(i, d)| d.unwrap_or(if i == 0 { batch } else { 1 })).collect();
+            let n: usize = shape.iter().product();
+            let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(7);
+            let data: Vec<f32> = (0..n).map(|_| rand::Rng::random_range(&mut rng, -1.0f32..1.0)).collect();
+            let dir = std::env::temp_dir().join(format!("scorefleet-check-{}", std::process::id()));
+            std::fs::create_dir_all(&dir)?;
+            let (inp, out) = (dir.join("input.npy"), dir.join("ort.npy"));
+            write_npy(&inp, &data, &shape)?;
+            let status = std::process::Command::new(&python)
+                .arg(scorefleet_model::manifest::repo_root().join("bench/python/ort_run.py"))
+                .args([&onnx, &inp, &out])
+                .status()
+                .with_context(|| format!("running {} (onnxruntime; `make test` creates .venv)", python.display()))?;
+            if !status.success() {
+                bail!("onnxruntime failed on {}", onnx.display());
+            }
+            let (want, want_shape) = read_npy(&out)?;
+            let y = first_output(&model, Value::floats(data, shape, &device).map_err(anyhow::Error::msg)?)?;
+            let got = y.to_f32s().map_err(anyhow::Error::msg)?;
+            std::fs::remove_dir_all(&dir).ok();
+            if y.shape != want_shape {
+                bail!("output shape {:?}, onnxruntime {:?}", y.shape, want_shape);
+            }
+            let abs = got.iter().zip(&want).map(|(a, b)| (a - b).abs()).fold(0.0f32, f32::max);
+            let scale = want.iter().map(|v| v.abs()).fold(0.0f32, f32::max);
+            let rel = if scale > 0.0 { abs / scale } else { abs };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"model": onnx, "shape": y.shape, "max_abs_diff": abs, "max_rel_diff": rel})
+                );
+            } else {
+                println!(
+                    "{}: output {:?}, max |diff| {abs:.3e}, relative to max |output| {rel:.3e}",
+                    onnx.display(),
+                    y.shape
+                );
+            }
+        }
+        Command::Inspect { onnx, json } => {
+            let bytes = std::fs::read(&onnx).with_context(|| onnx.display().to_string())?;
+            let i = OnnxModel::inspect(&bytes)?;
+            let port = |p: &scorefleet_model::onnx::Port| serde_json::json!({"name": p.name, "dtype": p.dtype, "shape": p.shape});
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "inputs": i.inputs.iter().map(port).collect::<Vec<_>>(),
+                        "outputs": i.outputs.iter().map(port).collect::<Vec<_>>(),
+                        "opset": i.opset, "operators": i.operators,
+                        "supported": i.unsupported.is_empty(), "unsupported": i.unsupported,
+                    })
+                );
+            } else {
+                println!("{} (opset {})", onnx.display(), i.opset);
+                for p in &i.inputs {
+                    println!("  input  {} {} {}", p.name, p.dtype, p.shape_string());
+                }
+                for p in &i.outputs {
+                    println!("  output {} {} {}", p.name, p.dtype, p.shape_string());
+                }
+                for (op, n) in &i.operators {
+                    println!("  {op:<24} {n}");
+                }
+                if i.unsupported.is_empty() {
+                    println!("every operator is supported");
+                } else {
+                    for u in &i.unsupported {
+                        println!("  unsupported: {u}");
+                    }
+                }
+            }
+            if !i.unsupported.is_empty() {
+                std::process::exit(1);
+            }
+        }
+        Command::Conformance { data, suite, sample, json, backend } => {
+            use scorefleet_model::onnx::conformance::{CLAIMED, case_dirs, case_op, run_case};
+            let device = pick(backend)?.device();
+            let mut results = Vec::new();
+            for s in &suite {
+                let mut per_op: std::collections::BTreeMap<String, usize> = Default::default();
+                for dir in case_dirs(&data, s) {
+                    if s == "node" {
+                        let op = case_op(&dir);
+                        if !op.split('+').all(|o| CLAIMED.contains(&o)) {
+                            continue;
+                        }
+                        let taken = per_op.entry(op).or_default();
+                        if sample > 0 && *taken >= sample {
+                            continue;
+                        }
+                        *taken += 1;
+                    }
+                    let r = run_case(&dir, s, &device);
+                    if json {
+                        println!("{}", serde_json::to_string(&r)?);
+                    } else if !r.passed {
+                        println!("FAIL {} {} ({}): {}", r.suite, r.case, r.op, r.reason);
+                    }
+                    results.push(r);
+                }
+            }
+            if !json {
+                let mut table: std::collections::BTreeMap<(String, String), (usize, usize)> = Default::default();
+                for r in &results {
+                    let e = table.entry((r.suite.clone(), r.op.clone())).or_default();
+                    if r.passed { e.0 += 1 } else { e.1 += 1 }
+                }
+                println!("| suite | operator | passed | failed |\n|---|---|---|---|");
+                for ((s, op), (p, f)) in &table {
+                    println!("| {s} | {op} | {p} | {f} |");
+                }
+                let passed = results.iter().filter(|r| r.passed).count();
+                println!("{passed} of {} cases passed", results.len());
+            }
+        }
     }
+    Ok(())
+}
+
+fn onnx_model(path: &std::path::Path, device: &burn::tensor::Device) -> Result<OnnxModel> {
+    let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
+    Ok(OnnxModel::from_bytes(&bytes, device).with_context(|| path.display().to_string())?)
+}
+
+fn first_output(model: &OnnxModel, x: Value) -> Result<Value> {
+    let mut inputs = vec![x];
+    if model.inspection.inputs.len() != 1 {
+        bail!("the graph takes {} inputs; infer and check feed only the first", model.inspection.inputs.len());
+    }
+    let mut outs = model.run(std::mem::take(&mut inputs))?;
+    if outs.is_empty() {
+        bail!("the graph has no output");
+    }
+    Ok(outs.remove(0))
+}
+
+fn read_npy(path: &std::path::Path) -> Result<(Vec<f32>, Vec<usize>)> {
+    let bytes = std::fs::read(path).with_context(|| path.display().to_string())?;
+    let npy = npyz::NpyFile::new(&bytes[..]).with_context(|| path.display().to_string())?;
+    let shape: Vec<usize> = npy.shape().iter().map(|&d| d as usize).collect();
+    let data = npy.into_vec::<f32>().with_context(|| format!("{}: expected float32", path.display()))?;
+    Ok((data, shape))
+}
+
+fn write_npy(path: &std::path::Path, data: &[f32], shape: &[usize]) -> Result<()> {
+    let mut out = Vec::new();
+    {
+        let dims: Vec<u64> = shape.iter().map(|&d| d as u64).collect();
+        let mut w = npyz::WriteOptions::<f32>::new().default_dtype().shape(&dims).writer(&mut out).begin_nd()?;
+        w.extend(data.iter().copied())?;
+        w.finish()?;
+    }
+    std::fs::write(path, out).with_context(|| path.display().to_string())?;
     Ok(())
 }
 
