@@ -64,7 +64,8 @@ def main():
     ap.add_argument("--models", default="digits,resnet18")
     ap.add_argument("--min-seconds", type=float, default=0.5)
     ap.add_argument("--default-backend", default="flex")
-    ap.add_argument("--paths", default="nhwc", help="comma-separated: nhwc (served), reference (burn modules)")
+    ap.add_argument("--paths", default="nhwc",
+                    help="comma-separated: nhwc (served), reference (burn modules), onnx (the same graph through the runner)")
     ap.add_argument("--threads", type=int, default=2,
                     help="onnxruntime intra-op threads and burn's rayon threads (RAYON_NUM_THREADS)")
     ap.add_argument("--cpu-time", action="store_true",
@@ -82,10 +83,10 @@ def main():
     metric = "images_per_cpu_s" if args.cpu_time else "images_per_s"
     for r in range(args.rounds):
         for m in models:
-            weights, _, inp, x = prepared[m]
+            weights, graph, inp, x = prepared[m]
             cmd = [args.bin, "bench", "--arch", m, "--weights", weights, "--input", inp,
                    "--classes", str(CLASSES[m]), "--batches", args.batches, "--min-seconds", str(args.min_seconds),
-                   "--paths", args.paths]
+                   "--paths", args.paths, "--onnx", graph]
             res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
             for line in res.stdout.splitlines():
                 row = json.loads(line)
@@ -116,7 +117,8 @@ def main():
               f"{row[metric]:>10.1f} {row['ratio_vs_onnxruntime']:>9.3f}")
     print(f"* default; onnxruntime: CPUExecutionProvider, intra_op_num_threads={args.threads}, "
           f"burn: RAYON_NUM_THREADS={args.threads}; "
-          "path nhwc: served (NHWC im2col + burn matmul), reference: burn modules' forward")
+          "path nhwc: served (NHWC im2col + burn matmul), reference: burn modules' forward, "
+          "onnx: the onnxruntime graph through scorefleet's ONNX runner (burn ops)")
 
 
 if __name__ == "__main__":

@@ -37,6 +37,7 @@ fn model(shape: [usize; 3], channels: Channels, invert: bool) -> ImagePreprocess
         weights: "none".into(),
         sha256: "0".repeat(64),
         notes: None,
+        ..Manifest::default()
     };
     ImagePreprocessor::from_manifest(&manifest, LIMITS)
 }

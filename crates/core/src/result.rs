@@ -6,7 +6,8 @@
 //!  "top_k":[{"label":"7","score":0.991}],"attempts":1,"worker":"…","completed_at":"…"}
 //! ```
 //! or `"status":"error","error":{"kind":"decode","message":"…"}` in place of
-//! `top_k`. Consumers may see a result twice (SQS is at-least-once); `job_id`
+//! `top_k`. An `embed` model's result carries `"embedding":[…]` and `"dims"`
+//! instead of `top_k`, a `raw` model's `"outputs":[{"name","shape","data"}]`. Consumers may see a result twice (SQS is at-least-once); `job_id`
 //! lets them drop the copy.
 
 use crate::error::{ErrorKind, JobError};
@@ -31,6 +32,28 @@ pub struct Prediction {
     pub label: String,
     /// Softmax probability in `[0, 1]`.
     pub score: f32,
+}
+
+/// One output tensor of a `raw` model for one image (its batch axis dropped).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NamedTensor {
+    /// The graph output's name.
+    pub name: String,
+    /// Its shape.
+    pub shape: Vec<usize>,
+    /// Its values, row-major.
+    pub data: Vec<f32>,
+}
+
+/// What a predictor made of one image: labels, a vector or tensors, by the model's task.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Scored {
+    /// `classify`: the best labels, best first.
+    pub top_k: Vec<Prediction>,
+    /// `embed`: the vector.
+    pub embedding: Option<Vec<f32>>,
+    /// `raw`: the output tensors.
+    pub outputs: Vec<NamedTensor>,
 }
 
 /// Whether the job succeeded.
@@ -78,6 +101,15 @@ pub struct ResultMessage {
     /// Best labels first; empty on error.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub top_k: Vec<Prediction>,
+    /// An `embed` model's vector for this image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f32>>,
+    /// Length of `embedding`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dims: Option<usize>,
+    /// A `raw` model's outputs for this image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<NamedTensor>,
     /// The failure, on error.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
@@ -126,6 +158,9 @@ mod tests {
             status: ResultStatus::Ok,
             model: Some(ModelRef { name: "digits".into(), version: "sha256:ab".into() }),
             top_k: vec![Prediction { label: "7".into(), score: 0.5 }],
+            embedding: None,
+            dims: None,
+            outputs: Vec::new(),
             error: None,
             attempts: 1,
             worker: "w".into(),
@@ -143,6 +178,9 @@ mod tests {
         let err = ResultMessage {
             status: ResultStatus::Error,
             top_k: vec![],
+            embedding: None,
+            dims: None,
+            outputs: Vec::new(),
             model: None,
             error: Some(ErrorInfo::from(&JobError::new(ErrorKind::Decode, "not a png"))),
             ..ok

@@ -12,7 +12,7 @@
 use crate::error::JobError;
 use crate::job::JobId;
 use crate::lease::{ClaimOutcome, Fence, LeaseError, OutcomeRecord, Terminal};
-use crate::result::{ModelRef, Prediction};
+use crate::result::{ModelRef, Prediction, Scored};
 use std::future::Future;
 use std::time::Duration;
 
@@ -187,6 +187,12 @@ pub trait Predictor: Send + 'static {
     /// Scores a batch: `batch[i]` → the `k` best labels of image `i`, best
     /// first. Every item must have the model's input shape.
     fn predict(&mut self, batch: &[Chw], k: usize) -> Result<Vec<Vec<Prediction>>, JobError>;
+
+    /// Scores a batch by the model's task: labels (classify), a vector
+    /// (embed) or tensors (raw) per image. The default is [`Predictor::predict`]'s labels.
+    fn score(&mut self, batch: &[Chw], k: usize) -> Result<Vec<Scored>, JobError> {
+        Ok(self.predict(batch, k)?.into_iter().map(|top_k| Scored { top_k, ..Scored::default() }).collect())
+    }
 }
 
 /// The time and the lease length a caller uses, kept together so tests can

@@ -15,6 +15,8 @@ pub enum ForwardPath {
     Nhwc,
     /// [`Network::forward_reference`]: the burn modules' own forward (burn `conv2d`, pooling, …).
     Reference,
+    /// The same network exported to ONNX, through the graph runner (burn ops only).
+    Onnx,
 }
 
 impl std::str::FromStr for ForwardPath {
@@ -24,7 +26,8 @@ impl std::str::FromStr for ForwardPath {
         match s {
             "nhwc" => Ok(ForwardPath::Nhwc),
             "reference" => Ok(ForwardPath::Reference),
-            other => Err(format!("path {other:?}: nhwc or reference")),
+            "onnx" => Ok(ForwardPath::Onnx),
+            other => Err(format!("path {other:?}: nhwc, reference or onnx")),
         }
     }
 }
@@ -94,8 +97,8 @@ pub fn bench_network(
         // Reading the output back forces the (possibly lazy) backend to finish.
         let run = || -> Result<(), ModelError> {
             let logits = match path {
-                ForwardPath::Nhwc => network.forward(make())?,
-                ForwardPath::Reference => network.forward_reference(make()),
+                ForwardPath::Nhwc | ForwardPath::Onnx => network.forward(make())?,
+                ForwardPath::Reference => network.forward_reference(make())?,
             };
             logits.into_data().try_to_vec_as::<f32>().map(|_| ()).map_err(|e| ModelError::Inference(format!("{e:?}")))
         };

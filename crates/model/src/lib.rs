@@ -31,6 +31,8 @@ pub mod weights;
 pub use backend::BackendKind;
 pub use error::ModelError;
 pub use manifest::Manifest;
-pub use predictor::{BurnPredictor, LoadedModel, Network, load_model, load_model_from_bytes};
+pub use predictor::{
+    BurnPredictor, LoadedModel, Network, load_manifest, load_model, load_model_at, load_model_from_bytes,
+};
 pub use preprocess::{ImagePreprocessor, Limits};
 pub use weights::{WeightsFetcher, WeightsSource, resolve_weights, sha256_hex};

@@ -16,14 +16,16 @@
 use crate::backend::BackendKind;
 use crate::digits::{DigitsNet, DigitsNhwc};
 use crate::error::ModelError;
-use crate::manifest::Manifest;
+use crate::manifest::{Format, Layout, Manifest, Task};
+use crate::onnx::OnnxModel;
+use crate::onnx::value::{Data, Value};
 use crate::preprocess::{ImagePreprocessor, Limits};
 use crate::resnet::{ResNet18, ResNet18Nhwc, ResNet18Raw};
 use crate::weights::{self, WeightsFetcher};
 use burn::prelude::*;
 use burn::tensor::activation::softmax;
 use scorefleet_core::error::{ErrorKind, JobError};
-use scorefleet_core::result::{ModelRef, Prediction};
+use scorefleet_core::result::{ModelRef, NamedTensor, Prediction, Scored};
 use scorefleet_core::traits::{Chw, Predictor};
 use std::path::Path;
 
@@ -45,6 +47,110 @@ pub enum Network {
         /// The same weights, NHWC path.
         fast: Box<ResNet18Nhwc>,
     },
+    /// An ONNX graph, every node on burn ops ([`crate::onnx`]).
+    Onnx(Box<OnnxNet>),
+}
+
+/// An ONNX graph served as a network: which output a result is made of and
+/// how images enter it.
+#[derive(Debug, Clone)]
+pub struct OnnxNet {
+    /// The parsed, checked graph on its device.
+    pub model: OnnxModel,
+    /// Index of the output `classify` and `embed` use.
+    output: usize,
+    /// The graph takes `[n, h, w, c]` rather than `[n, c, h, w]`.
+    nhwc: bool,
+    /// The graph's batch dimension is fixed at 1: batches run one image at a time.
+    batch_of_one: bool,
+    /// The chosen output is a Softmax's.
+    ends_in_softmax: bool,
+}
+
+impl OnnxNet {
+    /// Checks that `model` takes an image of the manifest's shape and picks its output.
+    pub fn new(model: OnnxModel, manifest: &Manifest, source_name: &str) -> Result<Self, ModelError> {
+        let bad = |m: String| ModelError::Unsupported(format!("{source_name}: {m}"));
+        let i = &model.inspection;
+        let [input] = i.inputs.as_slice() else {
+            return Err(bad(format!("the graph takes {} inputs; an image model takes one", i.inputs.len())));
+        };
+        let nhwc = manifest.layout == Layout::Nhwc;
+        let [c, h, w] = manifest.input_shape;
+        let want = if nhwc { [h, w, c] } else { [c, h, w] };
+        if input.shape.len() != 4
+            || input.shape[1..].iter().zip(want).any(|(d, want)| d.is_some_and(|d| d != want))
+            || !input.dtype.starts_with('F')
+        {
+            return Err(bad(format!(
+                "input {} is {} {}, not an image of {want:?} ({})",
+                input.name,
+                input.dtype,
+                input.shape_string(),
+                if nhwc { "nhwc" } else { "nchw" }
+            )));
+        }
+        let output = match &manifest.output {
+            Some(name) => i.outputs.iter().position(|o| &o.name == name).ok_or_else(|| {
+                bad(format!(
+                    "no output {name:?} (outputs: {:?})",
+                    i.outputs.iter().map(|o| &o.name).collect::<Vec<_>>()
+                ))
+            })?,
+            None => 0,
+        };
+        let ends_in_softmax = i.output_ops.get(output).is_some_and(|op| op == "Softmax");
+        let batch_of_one = input.shape[0] == Some(1);
+        Ok(OnnxNet { model, output, nhwc, batch_of_one, ends_in_softmax })
+    }
+
+    /// Every output of the graph for `images` ([n, c, h, w]), batch first.
+    pub fn run(&self, images: Tensor<4>) -> Result<Vec<Value>, ModelError> {
+        let n = images.dims()[0];
+        if self.batch_of_one && n > 1 {
+            let parts = (0..n).map(|i| self.run(images.clone().narrow(0, i, 1))).collect::<Result<Vec<_>, _>>()?;
+            return concat_batches(parts);
+        }
+        let x = if self.nhwc { images.permute([0, 2, 3, 1]) } else { images };
+        let shape = x.dims().to_vec();
+        let x = Value {
+            data: Data::F(x.reshape(crate::onnx::value::padded(&shape).map_err(ModelError::Inference)?)),
+            shape,
+        };
+        self.model.run(vec![x])
+    }
+
+    /// The chosen output as `[n, rest]`.
+    fn forward(&self, images: Tensor<4>) -> Result<Tensor<2>, ModelError> {
+        let n = images.dims()[0];
+        let out = self.run(images)?.swap_remove(self.output);
+        if out.shape.first() != Some(&n) {
+            return Err(ModelError::Inference(format!("output {:?} for {n} images", out.shape)));
+        }
+        let rest = out.len() / n.max(1);
+        Ok(out.into_float("output").map_err(ModelError::Inference)?.reshape([n, rest]))
+    }
+}
+
+/// The outputs of batches run one by one, concatenated along the batch axis.
+fn concat_batches(parts: Vec<Vec<Value>>) -> Result<Vec<Value>, ModelError> {
+    let outputs = parts.first().map_or(0, Vec::len);
+    (0..outputs)
+        .map(|k| {
+            let vals: Vec<&Value> = parts.iter().map(|p| &p[k]).collect();
+            let mut shape = vals[0].shape.clone();
+            if shape.is_empty() {
+                return Err(ModelError::Inference("a scalar output cannot be batched".into()));
+            }
+            shape[0] = vals.iter().map(|v| v.shape[0]).sum();
+            let ax = vals[0].axis(0);
+            let t = Tensor::cat(
+                vals.iter().map(|v| v.float("output")).collect::<Result<Vec<_>, _>>().map_err(ModelError::Inference)?,
+                ax,
+            );
+            Ok(Value { data: Data::F(t), shape })
+        })
+        .collect()
 }
 
 impl Network {
@@ -81,15 +187,18 @@ impl Network {
         match self {
             Network::Digits { fast, .. } => fast.forward(images),
             Network::ResNet18 { fast, .. } => fast.forward(images),
+            Network::Onnx(net) => net.forward(images),
         }
     }
 
     /// images: [batch, channels, height, width], normalised → logits: [batch, classes]
     /// through the burn modules' own `forward` (the reference the NHWC path is tested against).
-    pub fn forward_reference(&self, images: Tensor<4>) -> Tensor<2> {
+    pub fn forward_reference(&self, images: Tensor<4>) -> Result<Tensor<2>, ModelError> {
         match self {
-            Network::Digits { reference, .. } => reference.forward(images),
-            Network::ResNet18 { reference, .. } => reference.forward(images),
+            Network::Digits { reference, .. } => Ok(reference.forward(images)),
+            Network::ResNet18 { reference, .. } => Ok(reference.forward(images)),
+            // A graph has one path: burn's ops.
+            Network::Onnx(net) => net.forward(images),
         }
     }
 }
@@ -119,11 +228,70 @@ pub async fn load_model<F: WeightsFetcher>(
     fetcher: &F,
     backend: BackendKind,
 ) -> Result<LoadedModel, ModelError> {
-    let manifest = Manifest::load(manifest_path)?;
-    let dir = manifest_path.parent().unwrap_or(Path::new("."));
-    let location = weights_override.map(String::from).unwrap_or_else(|| manifest.weights_location(dir));
+    load_model_at(&manifest_path.display().to_string(), weights_override, cache_dir, fetcher, backend).await
+}
+
+/// [`load_model`] for a manifest at a path or an `s3://bucket/key` URL; its
+/// relative `graph`, `weights` and `labels_file` are resolved beside it.
+pub async fn load_model_at<F: WeightsFetcher>(
+    manifest_location: &str,
+    artifact_override: Option<&str>,
+    cache_dir: &Path,
+    fetcher: &F,
+    backend: BackendKind,
+) -> Result<LoadedModel, ModelError> {
+    let (manifest, base) = load_manifest(manifest_location, fetcher).await?;
+    let location = artifact_override.map(String::from).unwrap_or_else(|| manifest.artifact_location(&base));
     let bytes = weights::resolve_weights(&location, &manifest.sha256, cache_dir, fetcher).await?;
     load_model_from_bytes(manifest, bytes, &location, backend)
+}
+
+/// A small text object (manifest, labels) from S3.
+async fn fetch_text<F: WeightsFetcher>(fetcher: &F, bucket: &str, key: &str) -> Result<String, ModelError> {
+    let url = format!("s3://{bucket}/{key}");
+    let bytes = fetcher
+        .fetch(bucket, key, MAX_MANIFEST_BYTES)
+        .await
+        .map_err(|e| ModelError::Fetch { url: url.clone(), message: e.to_string() })?;
+    String::from_utf8(bytes).map_err(|_| ModelError::Manifest { path: url, message: "not UTF-8".into() })
+}
+
+/// Largest manifest or labels file read from S3.
+const MAX_MANIFEST_BYTES: u64 = 16 << 20;
+
+/// A manifest from a path or `s3://` (and its `labels_file` beside it), with
+/// the base its relative locations resolve against.
+pub async fn load_manifest<F: WeightsFetcher>(location: &str, fetcher: &F) -> Result<(Manifest, String), ModelError> {
+    match weights::WeightsSource::parse(location)? {
+        weights::WeightsSource::Path(path) => {
+            let base = path.parent().unwrap_or(Path::new(".")).display().to_string();
+            Ok((Manifest::load(&path)?, base))
+        }
+        weights::WeightsSource::S3 { bucket, key } => {
+            let text = fetch_text(fetcher, &bucket, &key).await?;
+            let prefix = key.rsplit_once('/').map_or("", |(p, _)| p).to_string();
+            let base = if prefix.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") };
+            // labels_file: fetched first, so parsing stays synchronous.
+            let probe: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| ModelError::Manifest { path: location.to_string(), message: e.to_string() })?;
+            let labels_text = match probe.get("labels_file").and_then(|v| v.as_str()) {
+                Some(file) if probe.get("labels").is_none_or(|l| l.as_array().is_some_and(Vec::is_empty)) => {
+                    let url = crate::manifest::resolve_relative(&base, file);
+                    match weights::WeightsSource::parse(&url)? {
+                        weights::WeightsSource::S3 { bucket, key } => Some(fetch_text(fetcher, &bucket, &key).await?),
+                        weights::WeightsSource::Path(p) => {
+                            Some(std::fs::read_to_string(&p).map_err(|e| ModelError::io(&p, e))?)
+                        }
+                    }
+                }
+                _ => None,
+            };
+            let manifest = Manifest::parse(&text, location, |_| {
+                labels_text.ok_or_else(|| ModelError::Invalid("labels_file was not fetched".into()))
+            })?;
+            Ok((manifest, base))
+        }
+    }
 }
 
 /// Builds a model from a manifest and weights bytes already in memory (checked against the manifest).
@@ -142,7 +310,19 @@ pub fn load_model_from_bytes(
         });
     }
     let device = backend.device();
-    let network = Network::load(&manifest.architecture, manifest.labels.len(), bytes, source_name, &device)?;
+    let network = match manifest.format {
+        Format::Safetensors => {
+            Network::load(&manifest.architecture, manifest.labels.len(), bytes, source_name, &device)?
+        }
+        Format::Onnx => {
+            let model = OnnxModel::from_bytes(&bytes, &device).map_err(|e| match e {
+                ModelError::Unsupported(m) => ModelError::Unsupported(format!("{source_name}: {m}")),
+                ModelError::Onnx(m) => ModelError::Onnx(format!("{source_name}: {m}")),
+                other => other,
+            })?;
+            Network::Onnx(Box::new(OnnxNet::new(model, &manifest, source_name)?))
+        }
+    };
     let model_ref = ModelRef { name: manifest.name.clone(), version: manifest.version() };
     Ok(LoadedModel { manifest, model_ref, network, device, backend })
 }
@@ -174,8 +354,18 @@ impl LoadedModel {
         (self.preprocessor(limits), BurnPredictor { model: self })
     }
 
-    /// Softmax probabilities: images: [batch, c, h, w] as `Chw`s → `batch` rows of `classes` values.
-    pub fn probabilities(&self, batch: &[Chw]) -> Result<Vec<Vec<f32>>, JobError> {
+    /// Whether `classify` applies a softmax: the manifest says, or the graph
+    /// does not end in one (the built-in networks end in logits).
+    fn applies_softmax(&self) -> bool {
+        match (&self.network, self.manifest.softmax) {
+            (_, Some(forced)) => forced,
+            (Network::Onnx(net), None) => !net.ends_in_softmax,
+            _ => true,
+        }
+    }
+
+    /// images: [batch, c, h, w] as `Chw`s, checked against the input shape.
+    fn input_tensor(&self, batch: &[Chw]) -> Result<Tensor<4>, JobError> {
         let shape = self.manifest.input_shape;
         if let Some((i, bad)) =
             batch.iter().enumerate().find(|(_, c)| c.shape != shape || c.data.len() != shape.iter().product::<usize>())
@@ -185,17 +375,84 @@ impl LoadedModel {
                 format!("item {i} has shape {:?} ({} values), the model takes {shape:?}", bad.shape, bad.data.len()),
             ));
         }
-        if batch.is_empty() {
-            return Ok(Vec::new());
-        }
         let mut flat = Vec::with_capacity(batch.len() * shape.iter().product::<usize>());
         for c in batch {
             flat.extend_from_slice(&c.data);
         }
-        let images =
-            Tensor::<4>::from_data(TensorData::new(flat, [batch.len(), shape[0], shape[1], shape[2]]), &self.device);
+        Ok(Tensor::<4>::from_data(TensorData::new(flat, [batch.len(), shape[0], shape[1], shape[2]]), &self.device))
+    }
+
+    /// What the model's task makes of each image: `k` labels, a vector or tensors.
+    pub fn score(&self, batch: &[Chw], k: usize) -> Result<Vec<Scored>, JobError> {
+        let inference = |e: ModelError| JobError::new(ErrorKind::Inference, e.to_string());
+        match self.manifest.task {
+            Task::Classify => Ok(self
+                .probabilities(batch)?
+                .iter()
+                .map(|r| Scored { top_k: top_k(r, &self.manifest.labels, k), ..Scored::default() })
+                .collect()),
+            _ if batch.is_empty() => Ok(Vec::new()),
+            Task::Embed => {
+                let rows = self.network.forward(self.input_tensor(batch)?).map_err(inference)?;
+                let [n, d] = rows.dims();
+                let values = rows
+                    .into_data()
+                    .convert::<f32>()
+                    .try_to_vec::<f32>()
+                    .map_err(|e| JobError::new(ErrorKind::Inference, format!("reading the output: {e:?}")))?;
+                Ok(values
+                    .chunks(d.max(1))
+                    .take(n)
+                    .map(|v| {
+                        let mut v = v.to_vec();
+                        if self.manifest.normalize {
+                            let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+                            if norm > 0.0 {
+                                v.iter_mut().for_each(|x| *x /= norm);
+                            }
+                        }
+                        Scored { embedding: Some(v), ..Scored::default() }
+                    })
+                    .collect())
+            }
+            Task::Raw => {
+                let Network::Onnx(net) = &self.network else {
+                    return Err(JobError::new(ErrorKind::Inference, "task raw needs an ONNX graph"));
+                };
+                let n = batch.len();
+                let outs = net.run(self.input_tensor(batch)?).map_err(inference)?;
+                let names: Vec<String> = net.model.inspection.outputs.iter().map(|p| p.name.clone()).collect();
+                let mut per_image: Vec<Scored> = (0..n).map(|_| Scored::default()).collect();
+                for (name, out) in names.iter().zip(outs) {
+                    if self.manifest.output.as_ref().is_some_and(|o| o != name) {
+                        continue;
+                    }
+                    if out.shape.first() != Some(&n) {
+                        return Err(JobError::new(
+                            ErrorKind::Inference,
+                            format!("output {name} is {:?} for {n} images", out.shape),
+                        ));
+                    }
+                    let shape = out.shape[1..].to_vec();
+                    let values = out.to_f32s().map_err(|e| JobError::new(ErrorKind::Inference, e))?;
+                    let each = values.len() / n;
+                    for (s, chunk) in per_image.iter_mut().zip(values.chunks(each.max(1))) {
+                        s.outputs.push(NamedTensor { name: name.clone(), shape: shape.clone(), data: chunk.to_vec() });
+                    }
+                }
+                Ok(per_image)
+            }
+        }
+    }
+
+    /// Softmax probabilities: images: [batch, c, h, w] as `Chw`s → `batch` rows of `classes` values.
+    pub fn probabilities(&self, batch: &[Chw]) -> Result<Vec<Vec<f32>>, JobError> {
+        let images = self.input_tensor(batch)?;
+        if batch.is_empty() {
+            return Ok(Vec::new());
+        }
         let logits = self.network.forward(images).map_err(|e| JobError::new(ErrorKind::Inference, e.to_string()))?;
-        let probs = softmax(logits, 1);
+        let probs = if self.applies_softmax() { softmax(logits, 1) } else { logits };
         let [rows, classes] = probs.dims();
         let values = probs
             .into_data()
@@ -242,5 +499,9 @@ impl Predictor for BurnPredictor {
     fn predict(&mut self, batch: &[Chw], k: usize) -> Result<Vec<Vec<Prediction>>, JobError> {
         let rows = self.model.probabilities(batch)?;
         Ok(rows.iter().map(|r| top_k(r, &self.model.manifest.labels, k)).collect())
+    }
+
+    fn score(&mut self, batch: &[Chw], k: usize) -> Result<Vec<Scored>, JobError> {
+        self.model.score(batch, k)
     }
 }

@@ -15,7 +15,7 @@
 //! centre: torchvision's ImageNet evaluation transform, `Resize(256)` +
 //! `CenterCrop(224)`, which torchvision-trained weights expect.
 
-use crate::manifest::{Channels, Manifest};
+use crate::manifest::{ChannelOrder, Channels, Manifest, ResizePolicy};
 use image::imageops::FilterType;
 use image::{DynamicImage, ImageBuffer, ImageError, ImageReader, Pixel};
 use scorefleet_core::error::{ErrorKind, JobError};
@@ -47,9 +47,23 @@ pub struct ImagePreprocessor {
     mean: Vec<f32>,
     std: Vec<f32>,
     invert: bool,
-    /// Resize the shorter side to this, then centre-crop (else stretch).
-    resize_shorter_side: Option<u32>,
+    /// How the image reaches the input size.
+    fit: Fit,
+    /// Channels in B, G, R order.
+    bgr: bool,
+    /// Pixels are `[0, pixel_scale]` before `mean`/`std`.
+    pixel_scale: f32,
     limits: Limits,
+}
+
+/// The resize step, with its sizes worked out.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Fit {
+    Stretch,
+    /// The shorter side to this many pixels, then the centre crop.
+    ShorterSide(u32),
+    /// Scaled to fit, centred on this fill.
+    Letterbox(u8),
 }
 
 impl ImagePreprocessor {
@@ -61,7 +75,9 @@ impl ImagePreprocessor {
             mean: manifest.mean.clone(),
             std: manifest.std.clone(),
             invert: manifest.invert,
-            resize_shorter_side: resize_shorter_side(manifest),
+            fit: fit_of(manifest),
+            bgr: manifest.channel_order == ChannelOrder::Bgr,
+            pixel_scale: manifest.pixel_scale,
             limits,
         }
     }
@@ -141,21 +157,23 @@ impl ImagePreprocessor {
         let norm = |ch: usize, p: u8| {
             let v = p as f32 / 255.0;
             let v = if self.invert { 1.0 - v } else { v };
+            let v = v * self.pixel_scale;
             (v - self.mean[ch]) / self.std[ch]
         };
         match self.channels {
             Channels::Grayscale => {
-                let g = fit(img.to_luma8(), tw, th, self.resize_shorter_side);
+                let g = fit(img.to_luma8(), tw, th, self.fit);
                 for (d, p) in data.iter_mut().zip(g.as_raw()) {
                     *d = norm(0, *p);
                 }
             }
             Channels::Rgb => {
-                let rgb = fit(img.to_rgb8(), tw, th, self.resize_shorter_side);
+                let rgb = fit(img.to_rgb8(), tw, th, self.fit);
                 let plane = h * w;
                 for (i, px) in rgb.as_raw().chunks_exact(3).enumerate() {
                     for ch in 0..3 {
-                        data[ch * plane + i] = norm(ch, px[ch]);
+                        let src = if self.bgr { 2 - ch } else { ch };
+                        data[ch * plane + i] = norm(ch, px[src]);
                     }
                 }
             }
@@ -164,15 +182,17 @@ impl ImagePreprocessor {
     }
 }
 
-/// torchvision's evaluation transform for ImageNet architectures: the shorter
-/// side resized to 256 for a 224 crop (crop = 0.875 of it), other sizes alike.
-fn resize_shorter_side(manifest: &Manifest) -> Option<u32> {
-    match manifest.architecture.as_str() {
-        "resnet18" => {
+/// The manifest's resize policy with its sizes: `shorter_side_crop` resizes
+/// the shorter side to input / crop_fraction (torchvision's evaluation
+/// transform: 256 for a 224 crop at the default 0.875).
+fn fit_of(manifest: &Manifest) -> Fit {
+    match manifest.resize_policy() {
+        ResizePolicy::Stretch => Fit::Stretch,
+        ResizePolicy::ShorterSideCrop => {
             let side = manifest.input_shape[1].max(manifest.input_shape[2]) as f64;
-            Some((side / 0.875).round() as u32)
+            Fit::ShorterSide((side / manifest.crop_fraction.unwrap_or(0.875) as f64).round() as u32)
         }
-        _ => None,
+        ResizePolicy::Letterbox => Fit::Letterbox(manifest.pad_value),
     }
 }
 
@@ -183,11 +203,15 @@ fn fit<P: Pixel<Subpixel = u8> + 'static>(
     img: ImageBuffer<P, Vec<u8>>,
     tw: u32,
     th: u32,
-    shorter_side: Option<u32>,
+    fit: Fit,
 ) -> ImageBuffer<P, Vec<u8>> {
     let (w, h) = img.dimensions();
-    let Some(side) = shorter_side else {
-        return if (w, h) == (tw, th) { img } else { image::imageops::resize(&img, tw, th, FilterType::Triangle) };
+    let side = match fit {
+        Fit::Stretch => {
+            return if (w, h) == (tw, th) { img } else { image::imageops::resize(&img, tw, th, FilterType::Triangle) };
+        }
+        Fit::Letterbox(fill) => return letterbox(img, tw, th, fill),
+        Fit::ShorterSide(side) => side,
     };
     let (rw, rh) = if w <= h {
         (side, ((side as u64 * h as u64) / w as u64).max(1) as u32)
@@ -199,6 +223,22 @@ fn fit<P: Pixel<Subpixel = u8> + 'static>(
     let left = ((rw.saturating_sub(tw)) as f64 / 2.0).round() as u32;
     let top = ((rh.saturating_sub(th)) as f64 / 2.0).round() as u32;
     image::imageops::crop_imm(&resized, left, top, tw.min(rw), th.min(rh)).to_image()
+}
+
+/// `img` scaled to fit `tw`×`th` with its aspect ratio, centred on `fill`.
+fn letterbox<P: Pixel<Subpixel = u8> + 'static>(
+    img: ImageBuffer<P, Vec<u8>>,
+    tw: u32,
+    th: u32,
+    fill: u8,
+) -> ImageBuffer<P, Vec<u8>> {
+    let (w, h) = img.dimensions();
+    let s = (tw as f64 / w as f64).min(th as f64 / h as f64);
+    let (rw, rh) = (((w as f64 * s).round() as u32).clamp(1, tw), ((h as f64 * s).round() as u32).clamp(1, th));
+    let resized = if (rw, rh) == (w, h) { img } else { image::imageops::resize(&img, rw, rh, FilterType::Triangle) };
+    let mut canvas = ImageBuffer::from_pixel(tw, th, *P::from_slice(&[fill; 4][..P::CHANNEL_COUNT as usize]));
+    image::imageops::replace(&mut canvas, &resized, ((tw - rw) / 2) as i64, ((th - rh) / 2) as i64);
+    canvas
 }
 
 #[cfg(test)]
@@ -213,7 +253,9 @@ mod tests {
             mean: vec![0.5],
             std: vec![0.5],
             invert: false,
-            resize_shorter_side: None,
+            fit: Fit::Stretch,
+            bgr: false,
+            pixel_scale: 1.0,
             limits: Limits::default(),
         }
     }
@@ -225,7 +267,9 @@ mod tests {
             mean: vec![0.0; 3],
             std: vec![1.0; 3],
             invert: false,
-            resize_shorter_side: None,
+            fit: Fit::Stretch,
+            bgr: false,
+            pixel_scale: 1.0,
             limits: Limits::default(),
         }
     }
@@ -244,7 +288,7 @@ mod tests {
         // 600×300 → 512×256 → centre 224×224 is columns 144..368 of 512: the
         // green third is 170.7..341.3, so the crop is red | green | blue with
         // green in the middle and no stretching.
-        let pre = ImagePreprocessor { resize_shorter_side: Some(256), ..rgb(224) };
+        let pre = ImagePreprocessor { fit: Fit::ShorterSide(256), ..rgb(224) };
         let chw = pre.preprocess(&encode(&thirds(), ImageFormat::Png)).expect("preprocess");
         assert_eq!(chw.shape, [3, 224, 224]);
         let plane = 224 * 224;
@@ -275,11 +319,44 @@ mod tests {
             weights: "w.safetensors".into(),
             sha256: "0".repeat(64),
             notes: None,
+            ..Manifest::default()
         };
-        let pre = |m: Manifest| ImagePreprocessor::from_manifest(&m, Limits::default()).resize_shorter_side;
-        assert_eq!(pre(manifest("resnet18", [3, 224, 224])), Some(256));
-        assert_eq!(pre(manifest("resnet18", [3, 112, 112])), Some(128));
-        assert_eq!(pre(manifest("digits", [3, 28, 28])), None);
+        let pre = |m: Manifest| ImagePreprocessor::from_manifest(&m, Limits::default()).fit;
+        assert_eq!(pre(manifest("resnet18", [3, 224, 224])), Fit::ShorterSide(256));
+        assert_eq!(pre(manifest("resnet18", [3, 112, 112])), Fit::ShorterSide(128));
+        assert_eq!(pre(manifest("digits", [3, 28, 28])), Fit::Stretch);
+        // A stated policy wins over the architecture's; the crop fraction sets the side.
+        let m = Manifest {
+            resize: Some(ResizePolicy::ShorterSideCrop),
+            crop_fraction: Some(0.5),
+            ..manifest("x", [3, 100, 100])
+        };
+        assert_eq!(pre(m), Fit::ShorterSide(200));
+        let m = Manifest { resize: Some(ResizePolicy::Letterbox), pad_value: 114, ..manifest("resnet18", [3, 64, 64]) };
+        assert_eq!(pre(m), Fit::Letterbox(114));
+    }
+
+    #[test]
+    fn letterbox_keeps_the_aspect_ratio_and_centres_the_image_on_the_fill() {
+        // 600×300 into 100×100: scaled to 100×50, rows 25..75, the rest fill.
+        let pre = ImagePreprocessor { fit: Fit::Letterbox(0), ..rgb(100) };
+        let chw = pre.preprocess(&encode(&thirds(), ImageFormat::Png)).expect("preprocess");
+        let plane = 100 * 100;
+        let at = |ch: usize, x: usize, y: usize| chw.data[ch * plane + y * 100 + x];
+        assert!(at(0, 10, 50) > 0.99 && at(1, 50, 50) > 0.99 && at(2, 90, 50) > 0.99, "thirds in the middle band");
+        for ch in 0..3 {
+            assert!(at(ch, 50, 10) < 0.01 && at(ch, 50, 90) < 0.01, "top and bottom bands are the fill");
+        }
+    }
+
+    #[test]
+    fn bgr_order_and_a_byte_pixel_scale_feed_caffe_style_inputs() {
+        // Pure red, BGR on [0, 255] with mean 100: channel 0 (blue) = -100, channel 2 (red) = 155.
+        let red = DynamicImage::ImageRgb8(ImageBuffer::from_pixel(4, 4, Rgb([255, 0, 0])));
+        let pre = ImagePreprocessor { bgr: true, pixel_scale: 255.0, mean: vec![100.0; 3], ..rgb(4) };
+        let chw = pre.preprocess(&encode(&red, ImageFormat::Png)).expect("preprocess");
+        assert!((chw.data[0] + 100.0).abs() < 1e-3, "blue first: {}", chw.data[0]);
+        assert!((chw.data[2 * 16] - 155.0).abs() < 1e-3, "red last: {}", chw.data[2 * 16]);
     }
 
     #[test]
@@ -288,7 +365,7 @@ mod tests {
         let img = DynamicImage::ImageRgb8(ImageBuffer::from_fn(100, 300, |_, y| {
             if y < 150 { Rgb([255, 255, 255]) } else { Rgb([0, 0, 0]) }
         }));
-        let pre = ImagePreprocessor { resize_shorter_side: Some(256), ..rgb(224) };
+        let pre = ImagePreprocessor { fit: Fit::ShorterSide(256), ..rgb(224) };
         let chw = pre.preprocess(&encode(&img, ImageFormat::Png)).expect("preprocess");
         assert_eq!(chw.shape, [3, 224, 224]);
         // The edge at 384 of 768 is row 112 of the crop: white above, black below.

@@ -58,7 +58,10 @@ fn compare(arch: &str, classes: usize) {
             &device,
         );
         // Both paths: the burn modules' forward and the NHWC path the predictor serves.
-        for (path, y) in [("reference", net.forward_reference(x.clone())), ("nhwc", net.forward(x).expect("forward"))] {
+        for (path, y) in [
+            ("reference", net.forward_reference(x.clone()).expect("reference")),
+            ("nhwc", net.forward(x).expect("forward")),
+        ] {
             assert_eq!(y.dims().to_vec(), out_shape);
             let got = y.into_data().try_to_vec_as::<f32>().expect("f32 output");
             let worst = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);

@@ -13,7 +13,7 @@ use crate::metrics::Stage;
 use crate::pipeline::{Ctx, Job, Outcome, failure, result_for};
 use scorefleet_core::error::{ErrorKind, JobError};
 use scorefleet_core::lease::Terminal;
-use scorefleet_core::result::{Prediction, ResultStatus};
+use scorefleet_core::result::{ResultStatus, Scored};
 use scorefleet_core::traits::{Chw, Predictor};
 use std::sync::Arc;
 use std::time::Instant;
@@ -51,7 +51,7 @@ pub(crate) fn run<Q, S, O, F, P, M: Predictor>(
         let preds = predict(&mut predictor, &inputs, k);
         ctx.metrics.observe(Stage::Infer, started.elapsed());
         ctx.metrics.batch(jobs.len());
-        let preds: Vec<Result<Vec<Prediction>, JobError>> = match preds {
+        let preds: Vec<Result<Scored, JobError>> = match preds {
             Ok(rows) => rows.into_iter().map(Ok).collect(),
             Err(e) if inputs.len() > 1 => {
                 // The batch failed as a whole: find out which image is to
@@ -67,10 +67,13 @@ pub(crate) fn run<Q, S, O, F, P, M: Predictor>(
         tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "batch scored");
         for (job, pred) in jobs.into_iter().zip(preds) {
             let outcome = match pred {
-                Ok(top_k) => {
+                Ok(scored) => {
                     let mut result = result_for(&ctx, &job, ResultStatus::Ok);
                     result.model = Some(ctx.model.clone());
-                    result.top_k = top_k;
+                    result.top_k = scored.top_k;
+                    result.dims = scored.embedding.as_ref().map(Vec::len);
+                    result.embedding = scored.embedding;
+                    result.outputs = scored.outputs;
                     Outcome { job, result, terminal: Terminal::Completed }
                 }
                 Err(e) => failure(&ctx, job, e),
@@ -93,8 +96,8 @@ fn batch_span(jobs: &[Job]) -> tracing::Span {
 
 /// One forward pass, with its output checked: a model that returns the wrong
 /// number of rows must not shift results onto the wrong jobs.
-fn predict<M: Predictor>(predictor: &mut M, inputs: &[Chw], k: usize) -> Result<Vec<Vec<Prediction>>, JobError> {
-    let rows = predictor.predict(inputs, k)?;
+fn predict<M: Predictor>(predictor: &mut M, inputs: &[Chw], k: usize) -> Result<Vec<Scored>, JobError> {
+    let rows = predictor.score(inputs, k)?;
     if rows.len() != inputs.len() {
         return Err(JobError::new(
             ErrorKind::Inference,

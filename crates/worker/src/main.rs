@@ -36,10 +36,12 @@ struct Cli {
     /// --model-manifest says otherwise.
     #[arg(long, env = "SCOREFLEET_MODEL", default_value = "digits")]
     model: String,
-    /// The model manifest (JSON: shape, normalisation, labels, sha256).
+    /// The model manifest, a path or s3://bucket/key (JSON: format, graph or
+    /// weights, sha256, input shape, preprocessing, task, labels); its relative
+    /// graph, weights and labels_file are found beside it.
     #[arg(long, env = "SCOREFLEET_MODEL_MANIFEST")]
-    model_manifest: Option<PathBuf>,
-    /// Weights location overriding the manifest's: a path or s3://bucket/key
+    model_manifest: Option<String>,
+    /// Graph or weights location overriding the manifest's: a path or s3://bucket/key
     /// (downloaded once, cached, verified against the manifest's sha256).
     #[arg(long, env = "SCOREFLEET_MODEL_WEIGHTS")]
     model_weights: Option<String>,
@@ -203,18 +205,22 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     );
     let s3 = S3Store::new(aws.s3(), counters.clone());
 
-    let manifest =
-        cli.model_manifest.clone().unwrap_or_else(|| PathBuf::from(format!("models/{}/manifest.json", cli.model)));
+    let manifest = cli.model_manifest.clone().unwrap_or_else(|| format!("models/{}/manifest.json", cli.model));
     let backend = scorefleet_model::BackendKind::default_kind().context("no burn backend compiled in")?;
-    let loaded = scorefleet_model::load_model(&manifest, cli.model_weights.as_deref(), &cli.model_cache, &s3, backend)
-        .await
-        .with_context(|| format!("loading model {} from {}", cli.model, manifest.display()))?;
-    tracing::info!(model = %loaded.model_ref.name, version = %loaded.model_ref.version, backend = backend.as_str(), "model loaded");
+    // A model that cannot load (unsupported operator, checksum mismatch, an
+    // input that is not an image) stops the worker here: it never turns ready.
+    let loaded =
+        scorefleet_model::load_model_at(&manifest, cli.model_weights.as_deref(), &cli.model_cache, &s3, backend)
+            .await
+            .with_context(|| format!("loading the model manifest {manifest}"))?;
+    tracing::info!(model = %loaded.model_ref.name, version = %loaded.model_ref.version, backend = backend.as_str(), task = ?loaded.manifest.task, "model loaded");
     let limits =
         scorefleet_model::Limits { max_encoded_bytes: cli.max_image_bytes as usize, max_pixels: cli.max_pixels };
+    let model_ref = loaded.model_ref.clone();
     let (preprocessor, predictor) = loaded.into_parts(limits);
 
     let metrics = Arc::new(Metrics::default());
+    metrics.set_model(&model_ref.name, &model_ref.version);
     let health = Arc::new(Health::default());
     let listener = tokio::net::TcpListener::bind(&cli.http_addr)
         .await

@@ -45,6 +45,8 @@ const STAGES: [(&str, Stage); 7] = [
 /// Every counter the worker keeps.
 #[derive(Debug, Default)]
 pub struct Metrics {
+    /// The served model's name and version, exported as `scorefleet_model_info`.
+    model: std::sync::OnceLock<(String, String)>,
     /// Messages received.
     pub received: AtomicU64,
     /// Jobs already finished elsewhere: result re-sent, not recomputed.
@@ -103,6 +105,11 @@ impl Metrics {
         self.stage_n[i].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Records the served model, once (later calls are ignored).
+    pub fn set_model(&self, name: &str, version: &str) {
+        let _ = self.model.set((name.to_string(), version.to_string()));
+    }
+
     /// Total failed jobs.
     pub fn failed_total(&self) -> u64 {
         self.failed.iter().map(|c| c.load(Ordering::Relaxed)).sum()
@@ -111,6 +118,12 @@ impl Metrics {
     /// Prometheus text exposition, with the AWS request counters.
     pub fn render(&self, aws: &ApiCounters) -> String {
         let mut o = String::new();
+        if let Some((name, version)) = self.model.get() {
+            let _ = writeln!(
+                o,
+                "# HELP scorefleet_model_info The model this worker serves.\n# TYPE scorefleet_model_info gauge\nscorefleet_model_info{{name=\"{name}\",version=\"{version}\"}} 1"
+            );
+        }
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let mut counter = |name: &str, help: &str, v: u64| {
             let _ =

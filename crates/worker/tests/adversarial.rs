@@ -801,6 +801,7 @@ fn preprocessor() -> ImagePreprocessor {
         weights: "unused.safetensors".into(),
         sha256: "0".repeat(64),
         notes: None,
+        ..Manifest::default()
     };
     // The worker's defaults (`--max-image-bytes`, `--max-pixels`).
     ImagePreprocessor::from_manifest(&manifest, Limits::default())

@@ -15,7 +15,6 @@ use clap::{Parser, Subcommand};
 use npyz::WriterBuilder;
 use scorefleet_model::backend::BackendKind;
 use scorefleet_model::bench::{BenchInput, ForwardPath, bench_network};
-use scorefleet_model::digits::DigitsNhwc;
 use scorefleet_model::manifest::{Channels, Manifest, repo_manifest};
 use scorefleet_model::mnist::{self, Mnist};
 use scorefleet_model::onnx::OnnxModel;
@@ -108,9 +107,13 @@ enum Command {
         /// Minimum seconds per measurement.
         #[arg(long, default_value_t = 1.0)]
         min_seconds: f64,
-        /// Forward paths, comma-separated: `nhwc` (served) and/or `reference` (burn modules).
+        /// Forward paths, comma-separated: `nhwc` (served), `reference` (burn
+        /// modules), `onnx` (the --onnx graph through the runner).
         #[arg(long, value_delimiter = ',', default_value = "nhwc")]
         paths: Vec<ForwardPath>,
+        /// The same network as an ONNX file, for the `onnx` path.
+        #[arg(long)]
+        onnx: Option<PathBuf>,
     },
     /// Run an ONNX graph's first input on a float32 .npy array; write its first output as .npy.
     Infer {
@@ -213,6 +216,7 @@ fn main() -> Result<()> {
                     "trained by `scorefleet-model train --model digits --epochs {epochs} --batch-size {batch_size} \
                      --lr {lr} --lr-decay {lr_decay} --seed {seed} --backend {backend}`; MNIST test accuracy {accuracy:.4}"
                 )),
+                ..Manifest::default()
             };
             std::fs::write(out.join("manifest.json"), serde_json::to_string_pretty(&manifest)? + "\n")?;
             println!(
@@ -228,15 +232,22 @@ fn main() -> Result<()> {
             if let Some(n) = limit {
                 test_set = test_set.take(n);
             }
-            let loaded = scorefleet_model::predictor::load_digits_net(&manifest_path, &backend.device())?;
-            // The path the predictor serves (NHWC), not the burn module's forward.
-            let served = DigitsNhwc::new(&loaded.1)?;
+            // The path the predictor serves: the NHWC network, or the ONNX runner for an onnx manifest.
+            let m = futures::executor::block_on(scorefleet_model::load_model(
+                &manifest_path,
+                None,
+                &std::env::temp_dir().join("scorefleet-models"),
+                &weights::NoFetcher,
+                backend,
+            ))?;
+            let path = if matches!(m.network, Network::Onnx(_)) { "onnx" } else { "nhwc" };
             let start = std::time::Instant::now();
-            let accuracy = train::evaluate_with(|x| served.forward(x), &test_set, 500, &backend.device())?;
+            let accuracy = train::evaluate_with(|x| m.network.forward(x), &test_set, 500, &backend.device())?;
             let secs = start.elapsed().as_secs_f64();
+            let loaded = (m.manifest.clone(),);
             let report = serde_json::json!({
                 "model": loaded.0.name, "version": loaded.0.version(), "accuracy": accuracy,
-                "images": test_set.len(), "backend": backend.as_str(), "path": "nhwc", "seconds": secs,
+                "images": test_set.len(), "backend": backend.as_str(), "path": path, "seconds": secs,
             });
             if json {
                 println!("{report}");
@@ -249,7 +260,7 @@ fn main() -> Result<()> {
                 );
             }
         }
-        Command::Bench { arch, weights: wpath, input, classes, batches, backends, min_seconds, paths } => {
+        Command::Bench { arch, weights: wpath, input, classes, batches, backends, min_seconds, paths, onnx } => {
             let bytes = std::fs::read(&wpath).with_context(|| wpath.display().to_string())?;
             let raw = std::fs::read(&input).with_context(|| input.display().to_string())?;
             let st = safetensors::SafeTensors::deserialize(&raw)?;
@@ -265,9 +276,25 @@ fn main() -> Result<()> {
                 let net =
                     Network::load(&arch, classes, bytes.clone(), &wpath.display().to_string(), &backend.device())?;
                 for &path in &paths {
+                    let graph_net;
+                    let net = if path == ForwardPath::Onnx {
+                        let file = onnx.as_ref().context("--paths onnx needs --onnx FILE")?;
+                        let bytes = std::fs::read(file).with_context(|| file.display().to_string())?;
+                        let model = OnnxModel::from_bytes(&bytes, &backend.device())?;
+                        let shape = [shape[1], shape[2], shape[3]];
+                        let manifest = Manifest { input_shape: shape, ..Manifest::default() };
+                        graph_net = Network::Onnx(Box::new(scorefleet_model::predictor::OnnxNet::new(
+                            model,
+                            &manifest,
+                            &file.display().to_string(),
+                        )?));
+                        &graph_net
+                    } else {
+                        &net
+                    };
                     let rows = bench_network(
                         &arch,
-                        &net,
+                        net,
                         backend,
                         path,
                         BenchInput { images: &data, chw: [shape[1], shape[2], shape[3]] },
@@ -404,14 +431,22 @@ fn main() -> Result<()> {
                 }
             }
             if !json {
-                let mut table: std::collections::BTreeMap<(String, String), (usize, usize)> = Default::default();
+                // passed, refused at load (by design), failed at run time
+                let mut table: std::collections::BTreeMap<(String, String), [usize; 3]> = Default::default();
                 for r in &results {
                     let e = table.entry((r.suite.clone(), r.op.clone())).or_default();
-                    if r.passed { e.0 += 1 } else { e.1 += 1 }
+                    let col = if r.passed {
+                        0
+                    } else if r.reason.starts_with("refused at load") {
+                        1
+                    } else {
+                        2
+                    };
+                    e[col] += 1;
                 }
-                println!("| suite | operator | passed | failed |\n|---|---|---|---|");
-                for ((s, op), (p, f)) in &table {
-                    println!("| {s} | {op} | {p} | {f} |");
+                println!("| suite | operator | passed | refused at load | failed |\n|---|---|---|---|---|");
+                for ((s, op), [p, r, f]) in &table {
+                    println!("| {s} | {op} | {p} | {r} | {f} |");
                 }
                 let passed = results.iter().filter(|r| r.passed).count();
                 println!("{passed} of {} cases passed", results.len());

@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 pub const CLAIMED: &[&str] = &[
     "Abs",
     "Add",
+    "Attention",
     "AveragePool",
     "BatchNormalization",
     "Cast",

@@ -32,7 +32,7 @@ enum Arg {
     Slot { slot: usize, last: bool },
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Step {
     node: Node,
     /// ONNX operator type and node name, as the file has them (for errors).
@@ -85,10 +85,12 @@ pub struct Inspection {
     pub operators: BTreeMap<String, usize>,
     /// One line per node the runner cannot execute (empty: all supported).
     pub unsupported: Vec<String>,
+    /// For each output, the operator type of the node that produces it.
+    pub output_ops: Vec<String>,
 }
 
 /// A parsed, checked ONNX graph on a burn device.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct OnnxModel {
     steps: Vec<Step>,
     input_slots: Vec<usize>,
@@ -107,6 +109,13 @@ struct ProtoView {
     operators: BTreeMap<String, usize>,
     /// Nodes whose settings onnx-ir keeps as inputs and the runner refuses (Dropout's training_mode).
     refused: Vec<String>,
+    /// The graph's input (initializers excluded) and output names as the file
+    /// has them (onnx-ir renames values).
+    input_names: Vec<String>,
+    output_names: Vec<String>,
+    /// Lower-cased operator type → the names of its nodes, in file order
+    /// (onnx-ir names nodes `<type><n>`, counting per type in that order).
+    names_by_op: HashMap<String, Vec<String>>,
 }
 
 fn proto_view(bytes: &[u8]) -> Result<ProtoView, ModelError> {
@@ -119,7 +128,17 @@ fn proto_view(bytes: &[u8]) -> Result<ProtoView, ModelError> {
     let mut by_output = HashMap::new();
     let mut operators = BTreeMap::new();
     let mut refused = Vec::new();
+    let mut names_by_op: HashMap<String, Vec<String>> = HashMap::new();
     for n in &model.graph.node {
+        names_by_op.entry(n.op_type.to_ascii_lowercase()).or_default().push(n.name.clone());
+        if n.op_type == "Attention"
+            && n.attribute.iter().any(|a| (a.name == "left_window_size" || a.name == "right_window_size") && a.i >= 0)
+        {
+            refused.push(format!(
+                "Attention (node {:?}, opset {opset}): a sliding window is not supported by the runner",
+                n.name
+            ));
+        }
         if n.op_type == "Dropout" && n.input.get(2).is_some_and(|t| !t.is_empty()) {
             refused.push(format!(
                 "Dropout (node {:?}, opset {opset}): a training_mode input is not supported by the runner",
@@ -136,7 +155,11 @@ fn proto_view(bytes: &[u8]) -> Result<ProtoView, ModelError> {
             by_output.insert(o.clone(), (op.clone(), n.name.clone()));
         }
     }
-    Ok(ProtoView { opset, by_output, operators, refused })
+    let inits: std::collections::HashSet<&str> = model.graph.initializer.iter().map(|t| t.name.as_str()).collect();
+    let input_names =
+        model.graph.input.iter().map(|i| i.name.clone()).filter(|n| !inits.contains(n.as_str())).collect();
+    let output_names = model.graph.output.iter().map(|o| o.name.clone()).collect();
+    Ok(ProtoView { opset, by_output, operators, refused, input_names, output_names, names_by_op })
 }
 
 impl OnnxModel {
@@ -305,7 +328,18 @@ fn label(node: &Node, view: &ProtoView) -> String {
     let (op, name) =
         node.outputs().iter().find_map(|o| view.by_output.get(&o.name).cloned()).unwrap_or_else(|| match node {
             Node::Custom(c) => (format!("{}::{}", c.domain, c.op_type), node.name().to_string()),
-            _ => (node.node_type().to_string(), node.name().to_string()),
+            _ => {
+                let op = node.node_type().to_string();
+                let renamed = node.name();
+                let digits = renamed.trim_start_matches(|c: char| !c.is_ascii_digit());
+                let original = digits
+                    .parse::<usize>()
+                    .ok()
+                    .and_then(|k| view.names_by_op.get(&op.to_ascii_lowercase())?.get(k.checked_sub(1)?).cloned())
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| renamed.to_string());
+                (op, original)
+            }
         });
     format!("{op} (node {name:?}, opset {})", view.opset)
 }
@@ -321,12 +355,33 @@ fn inspection(graph: &onnx_ir::OnnxGraph, view: &ProtoView) -> Inspection {
             Err(why) => Some(format!("{}: {why} is not supported by the runner", label(n, view))),
         }))
         .collect();
+    let named = |args: &[onnx_ir::Argument], names: &[String]| -> Vec<Port> {
+        args.iter()
+            .enumerate()
+            .map(|(i, a)| {
+                let mut p = Port::from_arg(a);
+                if args.len() == names.len() {
+                    p.name = names[i].clone();
+                }
+                p
+            })
+            .collect()
+    };
     Inspection {
-        inputs: graph.inputs.iter().map(Port::from_arg).collect(),
-        outputs: graph.outputs.iter().map(Port::from_arg).collect(),
+        inputs: named(&graph.inputs, &view.input_names),
+        outputs: named(&graph.outputs, &view.output_names),
         opset: view.opset,
         operators: view.operators.clone(),
         unsupported,
+        output_ops: graph
+            .outputs
+            .iter()
+            .enumerate()
+            .map(|(i, o)| {
+                let name = view.output_names.get(i).unwrap_or(&o.name);
+                view.by_output.get(name).map(|(op, _)| op.clone()).unwrap_or_default()
+            })
+            .collect(),
     }
 }
 

@@ -99,7 +99,8 @@ pub fn supported(node: &Node) -> Result<(), String> {
         | ReduceL2(_)
         | Resize(_)
         | Pad(_)
-        | Tile(_) => Ok(()),
+        | Tile(_)
+        | Attention(_) => Ok(()),
         _ => Err(String::new()),
     }
     .and_then(|()| extra_checks(node))
@@ -124,6 +125,19 @@ fn extra_checks(node: &Node) -> Res<()> {
         }
         Node::AveragePool1d(n) if n.config.dilation != 1 => {
             return Err("AveragePool with dilations".into());
+        }
+        Node::Attention(n) => {
+            let used = |args: &[onnx_ir::Argument], from: usize| {
+                args.iter().skip(from).any(|a| !a.name.is_empty() && !a.is_optional())
+            };
+            if used(&n.inputs, 4) || used(&n.outputs, 1) {
+                return Err(
+                    "Attention with a KV cache (past/present key and value), padding lengths or a QK output".into()
+                );
+            }
+            if n.config.qk_matmul_output_mode != onnx_ir::node::attention::AttentionQkMatmulOutputMode::Matmul {
+                return Err("Attention with a QK output mode".into());
+            }
         }
         Node::MaxPool2d(n) if n.outputs.len() > 1 && !n.outputs[1].name.is_empty() => {
             return Err("MaxPool with an Indices output".into());
@@ -1048,8 +1062,85 @@ pub fn run(node: &Node, mut inp: Inputs, opset: usize, device: &Device) -> Res<V
             let shape = x.shape.iter().zip(&pairs).map(|(d, (b, a))| d + b + a).collect();
             one(f(float_of(&x).pad(full, mode), shape))
         }
+        N::Attention(n) => one(attention(&n.config, &inp, device)?),
         other => Err(format!("operator {} is not supported", other.node_type())),
     }
+}
+
+/// ONNX Attention (opset 23): softmax(Q·Kᵀ·scale [softcap] [+ mask] [causal])·V,
+/// with grouped key/value heads; 3-D inputs `[batch, seq, heads·dim]` are split into heads.
+fn attention(c: &onnx_ir::node::attention::AttentionConfig, inp: &Inputs, device: &Device) -> Res<Value> {
+    let heads = |v: &Value, n: Option<usize>, what: &str| -> Res<Tensor<4>> {
+        match v.shape.as_slice() {
+            [_, _, _, _] => t4(v),
+            &[b, s, hd] => {
+                let h = n.ok_or_else(|| format!("Attention: a 3-D {what} needs its head count"))?;
+                if h == 0 || hd % h != 0 {
+                    return Err(format!("Attention: {what} width {hd} is not a multiple of {h} heads"));
+                }
+                Ok(t3(v)?.reshape([b, s, h, hd / h]).swap_dims(1, 2))
+            }
+            other => Err(format!("Attention: {what} of shape {other:?}")),
+        }
+    };
+    let (q, k, v) = (inp.req(0)?, inp.req(1)?, inp.req(2)?);
+    let three_d = q.rank() == 3;
+    let q4 = heads(q, c.q_num_heads, "Q")?;
+    let mut k4 = heads(k, c.kv_num_heads, "K")?;
+    let mut v4 = heads(v, c.kv_num_heads, "V")?;
+    let [b, qh, sq, d] = q4.dims();
+    let [_, kvh, skv, _] = k4.dims();
+    if kvh != qh {
+        if kvh == 0 || qh % kvh != 0 {
+            return Err(format!("Attention: {qh} query heads over {kvh} key/value heads"));
+        }
+        // Each key/value head serves qh / kvh consecutive query heads.
+        let g = qh / kvh;
+        let rep = |t: Tensor<4>| {
+            let [b, h, s, e] = t.dims();
+            t.reshape([b, h, 1, s, e]).expand([b, h, g, s, e]).reshape([b, h * g, s, e])
+        };
+        k4 = rep(k4);
+        v4 = rep(v4);
+    }
+    let scale = c.scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32;
+    let mut qk = q4.matmul(k4.swap_dims(2, 3)).mul_scalar(scale);
+    if c.softcap > 0.0 {
+        let cap = c.softcap as f32;
+        qk = qk.div_scalar(cap).tanh().mul_scalar(cap);
+    }
+    if let Some(mask) = inp.get(3) {
+        let dims = {
+            let mut s = vec![1; 4 - mask.rank().min(4)];
+            s.extend_from_slice(&mask.shape);
+            s
+        };
+        let [m0, m1, m2, m3] =
+            <[usize; 4]>::try_from(dims.as_slice()).map_err(|_| "Attention: mask rank above 4".to_string())?;
+        let target = [b, qh, sq, skv];
+        qk = match &mask.data {
+            Data::B(t) => {
+                let keep = t.clone().reshape([m0, m1, m2, m3]).expand(target);
+                qk.mask_fill(keep.bool_not(), f32::NEG_INFINITY)
+            }
+            _ => qk + float_of(mask).reshape([m0, m1, m2, m3]).expand(target),
+        };
+    }
+    if c.is_causal {
+        // Upper-left aligned, as the ONNX reference: query i sees keys j <= i.
+        let future: Vec<bool> = (0..sq).flat_map(|i| (0..skv).map(move |j| j > i)).collect();
+        let future = Tensor::<2, burn::tensor::Bool>::from_data(TensorData::new(future, [sq, skv]), device);
+        qk = qk.mask_fill(future.reshape([1, 1, sq, skv]).expand([b, qh, sq, skv]), f32::NEG_INFINITY);
+    }
+    // A fully masked row is 0, not NaN.
+    let p = activation::softmax(qk, 3);
+    let p = p.clone().mask_fill(p.is_nan(), 0.0);
+    let y = p.matmul(v4);
+    if three_d {
+        let [b, h, s, e] = y.dims();
+        return from_nd(y.swap_dims(1, 2).reshape([b, s, h * e]));
+    }
+    from_nd(y)
 }
 
 /// For each output index along one axis: the input indices it reads and their weights.

@@ -228,7 +228,12 @@ pub fn spawn_worker_with_env(stack: &Stack, id: &str, extra: &[&str], env: &[(&s
         .args(["--input-queue-url", &stack.res.input_queue_url])
         .args(["--output-queue-url", &stack.res.output_queue_url])
         .args(["--table", &stack.res.table])
-        .args(["--model-manifest", "models/digits/manifest.json"])
+        // The bundled digits model unless the test names another.
+        .args(if extra.contains(&"--model-manifest") {
+            &[][..]
+        } else {
+            &["--model-manifest", "models/digits/manifest.json"][..]
+        })
         .args(["--http-addr", &format!("127.0.0.1:{port}")])
         .args(["--worker-id", id])
         .args(["--wait-seconds", "1"])
