@@ -9,11 +9,22 @@
 #   make demo-ci      a smaller demo on the debug build, asserting on its summary
 #   make chaos-ci     a short bench/chaos run on the debug build (0 lost, 0 double outcomes, 0 stranded)
 #   make validate-deploy  offline lint/schema checks of deploy/ and docker-compose.yml (~5 s warm)
+#   make docs         regenerate docs/configuration.md from the binaries' --help
+#   make docs-check   fail if docs/configuration.md is stale (CI)
+#   make report-screenshot  a PNG of the demo's report, drawn by headless Chromium
 
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: test test-moto nextest fmt lint validate-deploy demo demo-ci chaos-ci
+.PHONY: test test-moto nextest fmt lint validate-deploy demo demo-ci chaos-ci bins docs docs-check report-screenshot
+
+# One build of the binaries for the demo, demo-ci, chaos-ci and the docs: the
+# debug profile `make test` uses (dependencies optimised), with the whole
+# workspace selected so every dependency resolves to the same features as in
+# the test build. `make demo` then `make test` compile the dependency graph
+# once.
+bins:
+	$(CARGO) build --workspace --bins
 
 # Doc tests need no emulator; the nextest build comes first so the emulator
 # does not idle through compilation.
@@ -22,25 +33,21 @@ test: validate-deploy nextest
 	$(CARGO) nextest run --workspace --no-run
 	scripts/with-stack.sh $(CARGO) nextest run --workspace --no-fail-fast
 
-# Release binaries for honest throughput figures; everything else (venv,
-# emulator, queues, table, bucket, archive) is set up by the scripts.
-demo:
-	$(CARGO) build --release -p scorefleet-worker -p scorefleet-producer
+# Everything else (venv, emulator, queues, table, bucket, archive) is set up
+# by the scripts.
+demo: bins
 	scripts/with-stack.sh scripts/demo.sh
 
-# The debug build `make test` already made (dependencies are optimised), 300
-# digits, and a check of the summary: CI runs this after the tests.
-demo-ci:
-	$(CARGO) build -p scorefleet-worker -p scorefleet-producer
-	DEMO_PROFILE=debug DEMO_COUNT=300 DEMO_CHECK=1 DEMO_OUT=out/demo-ci scripts/with-stack.sh scripts/demo.sh
+# 300 digits and a check of the summary and of the report's thumbnails.
+demo-ci: bins
+	DEMO_COUNT=300 DEMO_CHECK=1 DEMO_OUT=out/demo-ci scripts/with-stack.sh scripts/demo.sh
 
 # bench/chaos, shortened for CI: 3,000 jobs, 3 debug-build workers, a kill -9
 # every second, a SIGTERM every 2 s, a 1 s network cut every 3 s, no
 # fault-free baseline. Exits non-zero on any lost, doubly scored or stranded
 # job, or when the run ended before every kind of fault happened.
 CHAOS_TARGET_DIR = $(or $(CARGO_TARGET_DIR),target)
-chaos-ci:
-	$(CARGO) build -p scorefleet-worker -p scorefleet-producer --bins
+chaos-ci: bins
 	BENCH_NO_BUILD=1 bench/chaos --jobs 3000 --unique 300 --workers 3 --kill-every 1 --term-every 2 \
 	    --cut-every 3 --cut-seconds 1 --no-baseline --require-faults --timeout 600 \
 	    --bin-dir $(CHAOS_TARGET_DIR)/debug --out out/chaos-ci --json
@@ -59,6 +66,17 @@ validate-deploy:
 
 fmt:
 	$(CARGO) fmt --all
+
+docs: bins
+	scripts/gen-config-docs.sh
+
+docs-check: bins
+	scripts/gen-config-docs.sh --check
+
+# REPORT (default out/demo/report.html, from `make demo`) → REPORT with .png.
+REPORT ?= out/demo/report.html
+report-screenshot:
+	scripts/report-screenshot.sh $(REPORT)
 
 lint:
 	$(CARGO) fmt --all --check

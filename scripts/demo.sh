@@ -8,7 +8,8 @@
 #
 # Environment: DEMO_COUNT (digits, default 2000), DEMO_WORKERS (default 2),
 # DEMO_TIMEOUT_S (default 600), DEMO_OUT (default out/demo), DEMO_PROFILE
-# (cargo profile directory of the binaries: release, or debug in CI).
+# (cargo profile directory of the binaries, default debug: the build
+# `make test` shares), DEMO_CHECK (assert on the summary and the report).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -18,7 +19,7 @@ COUNT="${DEMO_COUNT:-2000}"
 WORKERS="${DEMO_WORKERS:-2}"
 TIMEOUT_S="${DEMO_TIMEOUT_S:-600}"
 OUT="${DEMO_OUT:-out/demo}"
-BIN="${CARGO_TARGET_DIR:-$ROOT/target}/${DEMO_PROFILE:-release}"
+BIN="${CARGO_TARGET_DIR:-$ROOT/target}/${DEMO_PROFILE:-debug}"
 PREFIX="demo-$(date -u +%Y%m%d%H%M%S)-$$"
 RUN_ID="demo-$(date -u +%Y-%m-%dT%H-%M-%S)"
 
@@ -96,6 +97,7 @@ summary = {
     "wall_s": round(wall, 1),
     "stored_outcomes": st.get("completed", 0) + st.get("failed", 0),
     "report": r["report"],
+    "thumbnails": r.get("thumbnails", 0),
 }
 print(f"jobs {total}: {r['succeeded']} succeeded, {r['failed']} failed {r['errors_by_kind']}", file=sys.stderr)
 acc = r["accuracy"]
@@ -116,6 +118,24 @@ if os.environ.get("DEMO_CHECK"):
         problems.append(f"errors {r['errors_by_kind']}, expected {want}")
     if acc is None or acc < 0.98:
         problems.append(f"accuracy {acc}")
+    # The report shows the images: least confident, every misclassified cell,
+    # and the oversized PNG (refused by the worker's byte cap, but an image).
+    page = open(r["report"]).read()
+    def section(marker):
+        start = page.find(marker)
+        if start < 0:
+            return ""
+        ends = [e for e in (page.find("</table>", start), page.find("</section>", start)) if e >= 0]
+        return page[start:min(ends) if ends else len(page)]
+    thumb = '<img class=thumb src="data:image/png;base64,'
+    if section("id=least-confident").count(thumb) < 10:
+        problems.append("fewer than 10 least-confident thumbnails in the report")
+    mistakes = r["labelled"] - r["correct"] if r["labelled"] else 0
+    if mistakes and section("id=thumbs-misclassified").count(thumb) < 1:
+        problems.append(f"{mistakes} misclassified digits but no misclassified thumbnails")
+    failed = section("id=thumbs-failed")
+    if "oversized.png" not in failed or failed.count(thumb) != 1:
+        problems.append("the failed-but-decodable oversized.png has no thumbnail (or others do)")
     if problems:
         print("demo check failed: " + "; ".join(problems), file=sys.stderr)
         sys.exit(1)

@@ -1,6 +1,6 @@
 """Deduplication by job id in scorefleet's outcome table, the classic way.
 
-Same table and item semantics as scorefleet (README "Dedup and leases"), so
+Same table and item semantics as scorefleet (docs/protocol.md, "Dedup and leases"), so
 `scorefleet-producer status` reads a peer run too: one item per `job_id`
 with `status` (IN_PROGRESS / COMPLETED / FAILED), `owner`, `attempt`,
 `lease_until_ms`, `run_id`, `expires_at` (TTL), and on completion `result`

@@ -6,9 +6,15 @@
 //! same file stay duplicate-free). A message is deleted from the queue only
 //! after the lines it produced are flushed and `fsync`ed: a crash between the
 //! two re-delivers it, and the dedup drops the copy.
+//!
+//! Memory: the ids seen are kept as 128-bit fingerprints ([`SeenIds`]), 17–36
+//! bytes per distinct job id with the hash table's slack, whatever the id's
+//! length; everything else is one receive batch.
 
+use crate::progress::Progress;
 use scorefleet_core::result::{ResultMessage, ResultStatus};
 use scorefleet_core::traits::JobQueue;
+use sha2::{Digest, Sha256};
 use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, BufWriter, Write};
@@ -73,9 +79,45 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CollectError + '_ {
 /// The CSV columns, in order.
 pub const CSV_HEADER: &str = "job_id,run_id,url,status,label,score,error_kind,error_message,model,model_version,attempts,worker,completed_at,latency_ms,true_label";
 
+/// The job ids already written, as the first 128 bits of SHA-256 of each id.
+/// A set of 32-character id strings costs ~70 bytes per id, fingerprints
+/// 17–36; two distinct ids share a fingerprint with a probability of about
+/// n²/2¹²⁹, far below any other failure of a run.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct SeenIds(HashSet<u128>);
+
+impl SeenIds {
+    fn key(id: &str) -> u128 {
+        let d = Sha256::digest(id.as_bytes());
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&d[..16]);
+        u128::from_be_bytes(b)
+    }
+
+    /// Whether `id` was seen.
+    pub fn contains(&self, id: &str) -> bool {
+        self.0.contains(&Self::key(id))
+    }
+
+    /// Records `id`; false if it was already there.
+    pub fn insert(&mut self, id: &str) -> bool {
+        self.0.insert(Self::key(id))
+    }
+
+    /// How many distinct ids were seen.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether none was seen.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// Reads the job ids already in a JSONL results file.
-pub fn ids_in(path: &Path) -> Result<HashSet<String>, CollectError> {
-    let mut ids = HashSet::new();
+pub fn ids_in(path: &Path) -> Result<SeenIds, CollectError> {
+    let mut ids = SeenIds::default();
     let file = match File::open(path) {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(ids),
@@ -84,14 +126,15 @@ pub fn ids_in(path: &Path) -> Result<HashSet<String>, CollectError> {
     for line in BufReader::new(file).lines() {
         let line = line.map_err(io(path))?;
         if let Ok(r) = ResultMessage::parse(&line) {
-            ids.insert(r.job_id);
+            ids.insert(&r.job_id);
         }
     }
     Ok(ids)
 }
 
-/// Drains `queue` until it stays empty for `idle_polls` receives.
-pub async fn run<Q: JobQueue>(queue: &Q, opts: &Options) -> Result<Summary, CollectError> {
+/// Drains `queue` until it stays empty for `idle_polls` receives, showing
+/// the counts on `progress`.
+pub async fn run<Q: JobQueue>(queue: &Q, opts: &Options, progress: &Progress) -> Result<Summary, CollectError> {
     let mut seen = ids_in(&opts.jsonl)?;
     let open = |p: &Path| OpenOptions::new().create(true).append(true).open(p).map_err(io(p));
     let jsonl_file = open(&opts.jsonl)?;
@@ -126,7 +169,7 @@ pub async fn run<Q: JobQueue>(queue: &Q, opts: &Options) -> Result<Summary, Coll
                     if let Some((p, w)) = csv.as_mut() {
                         writeln!(w, "{}", csv_row(&r)).map_err(io(p))?;
                     }
-                    seen.insert(r.job_id);
+                    seen.insert(&r.job_id);
                     summary.written += 1;
                 }
                 Err(_) => {
@@ -151,6 +194,12 @@ pub async fn run<Q: JobQueue>(queue: &Q, opts: &Options) -> Result<Summary, Coll
         let failed = queue.delete(&handles).await?;
         summary.delete_failed += failed.len() as u64;
         summary.deleted += (handles.len() - failed.len()) as u64;
+        progress.show(summary.received, "msg", || {
+            format!(
+                "received {}  written {}  duplicates {}  rejected {}",
+                summary.received, summary.written, summary.duplicates, summary.rejected
+            )
+        });
     }
     Ok(summary)
 }
@@ -255,16 +304,17 @@ mod tests {
             ]),
             deleted: Mutex::new(vec![]),
         };
-        let s = run(&q, &opts).await.expect("collect");
+        let s = run(&q, &opts, &Progress::quiet()).await.expect("collect");
         assert_eq!((s.received, s.written, s.duplicates, s.rejected, s.deleted), (5, 2, 2, 1, 5));
         let ids = ids_in(&opts.jsonl).expect("read back");
-        assert_eq!(ids, HashSet::from(["a".to_owned(), "b".to_owned()]));
+        assert_eq!(ids.len(), 2);
+        assert!(ids.contains("a") && ids.contains("b") && !ids.contains("c"));
         let csv = std::fs::read_to_string(dir.join("r.csv")).expect("csv");
         assert_eq!(csv.lines().count(), 3);
         assert!(csv.lines().nth(1).expect("row").starts_with("a,r,s3://b/a,ok,7,0.900000,"));
         // A second collect into the same files drops what is already there.
         let q2 = Queue { batches: Mutex::new(vec![vec![msg(6, result("a"))]]), deleted: Mutex::new(vec![]) };
-        let s2 = run(&q2, &opts).await.expect("collect again");
+        let s2 = run(&q2, &opts, &Progress::quiet()).await.expect("collect again");
         assert_eq!((s2.written, s2.duplicates, s2.deleted), (0, 1, 1));
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }

@@ -12,6 +12,7 @@
 //! - [`progress`]: a bar on a terminal, plain lines elsewhere.
 //! - [`report`]: one self-contained HTML report from collected results.
 //! - [`status`]: where a run stands (counts, throughput, ETA) for `status`.
+//! - [`thumbnail`]: small inlined images of chosen jobs for the report.
 #![warn(missing_docs)]
 
 pub mod collect;
@@ -20,6 +21,7 @@ pub mod progress;
 pub mod report;
 pub mod source;
 pub mod status;
+pub mod thumbnail;
 
 /// The default run id: `run-YYYY-MM-DD` in UTC, so a nightly job re-run on the
 /// same day re-uses its ids (and the fleet skips what it finished).

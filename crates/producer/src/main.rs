@@ -102,6 +102,16 @@ struct ReportArgs {
     /// Print the computed statistics as one JSON object.
     #[arg(long)]
     json: bool,
+    /// At most this many images are fetched from S3 for thumbnails, shared
+    /// between the least confident, the misclassified and the failed jobs.
+    #[arg(long, env = "SCOREFLEET_REPORT_THUMBNAILS", default_value_t = 60, value_name = "N")]
+    thumbnails: usize,
+    /// Fetch no images: the report shows no thumbnails and needs no AWS access.
+    #[arg(long, env = "SCOREFLEET_REPORT_NO_THUMBNAILS")]
+    no_thumbnails: bool,
+    /// Objects larger than this are not fetched for a thumbnail.
+    #[arg(long, env = "SCOREFLEET_REPORT_THUMBNAIL_MAX_BYTES", default_value_t = 32 << 20, value_name = "BYTES")]
+    thumbnail_max_bytes: u64,
 }
 
 #[derive(Debug, Args)]
@@ -206,7 +216,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Enqueue(args) => enqueue_cmd(args).await,
         Command::Collect(args) => collect_cmd(args).await,
-        Command::Report(args) => report_cmd(&args),
+        Command::Report(args) => report_cmd(&args).await,
         Command::Init(args) => init_cmd(&args).await,
         Command::Status(args) => status_cmd(args).await,
     }
@@ -277,16 +287,32 @@ async fn init_cmd(args: &InitArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn report_cmd(args: &ReportArgs) -> anyhow::Result<ExitCode> {
-    use scorefleet_producer::report;
+async fn report_cmd(args: &ReportArgs) -> anyhow::Result<ExitCode> {
+    use scorefleet_producer::{report, thumbnail};
     let file = std::fs::File::open(&args.input).with_context(|| format!("cannot open {}", args.input.display()))?;
-    let stats = report::stats(BufReader::new(file))?;
-    std::fs::write(&args.out, report::html(&stats, &args.title))
+    let progress = Progress::auto();
+    let stats = report::stats_with_progress(BufReader::new(file), &progress)
+        .with_context(|| format!("cannot read {}", args.input.display()))?;
+    let urls = if args.no_thumbnails { Vec::new() } else { stats.thumbnail_urls(args.thumbnails) };
+    let thumbs = if urls.iter().any(|u| u.starts_with("s3://")) {
+        let aws = AwsConfig::load().await;
+        let store = S3Store::new(aws.s3(), Arc::new(ApiCounters::new()));
+        let total = urls.len();
+        thumbnail::fetch_all(&store, &urls, args.thumbnail_max_bytes, |done| {
+            progress.show(done as u64, "images", || format!("thumbnails {done} / {total}"));
+        })
+        .await
+    } else {
+        report::Thumbnails::new()
+    };
+    progress.finish();
+    std::fs::write(&args.out, report::html(&stats, &args.title, &thumbs))
         .with_context(|| format!("cannot write {}", args.out.display()))?;
     if args.json {
         let mut v = serde_json::to_value(&stats)?;
         v["accuracy"] = serde_json::json!(stats.accuracy());
         v["report"] = serde_json::json!(args.out.display().to_string());
+        v["thumbnails"] = serde_json::json!(thumbs.values().filter(|t| t.is_ok()).count());
         println!("{v}");
     } else {
         println!("wrote {} ({} results)", args.out.display(), stats.jobs);
@@ -306,7 +332,10 @@ async fn collect_cmd(args: CollectArgs) -> anyhow::Result<ExitCode> {
         wait: std::time::Duration::from_secs(args.wait_seconds.min(20)),
         max_results: args.max_results,
     };
-    let s = scorefleet_producer::collect::run(&queue, &opts).await?;
+    let progress = Progress::auto();
+    let s = scorefleet_producer::collect::run(&queue, &opts, &progress).await;
+    progress.finish();
+    let s = s?;
     if args.json {
         println!("{}", serde_json::to_string(&s)?);
     } else {

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 /// How often plain progress lines are written when stderr is not a terminal.
 const LINE_EVERY: Duration = Duration::from_secs(5);
 
-/// Reports progress of an enqueue run.
+/// Reports progress of a long command (`enqueue`, `collect`, `report`).
 #[derive(Debug)]
 pub struct Progress {
     kind: Kind,
@@ -43,17 +43,23 @@ impl Progress {
         Self { kind: Kind::Quiet }
     }
 
-    /// Updates the counts.
+    /// Updates the counts of an enqueue run.
     pub fn set(&self, enqueued: u64, skipped: u64, failed: u64) {
-        let msg = format!("enqueued {enqueued}  skipped {skipped}  failed {failed}");
+        self.show(enqueued, "msg", || format!("enqueued {enqueued}  skipped {skipped}  failed {failed}"));
+    }
+
+    /// Shows `msg()` with the rate of `done` per second since the start,
+    /// `unit` naming what `done` counts. The message is built only when it is
+    /// shown, so calling this once per item costs a clock read in line mode.
+    pub fn show(&self, done: u64, unit: &str, msg: impl FnOnce() -> String) {
         match &self.kind {
-            Kind::Bar(bar) => bar.set_message(msg),
+            Kind::Bar(bar) => bar.set_message(msg()),
             Kind::Lines { started, last } => {
                 let Ok(mut last) = last.lock() else { return };
                 if last.elapsed() >= LINE_EVERY {
                     *last = Instant::now();
-                    let rate = enqueued as f64 / started.elapsed().as_secs_f64().max(1e-9);
-                    eprintln!("progress: {msg}  ({rate:.0} msg/s)");
+                    let rate = done as f64 / started.elapsed().as_secs_f64().max(1e-9);
+                    eprintln!("progress: {}  ({rate:.0} {unit}/s)", msg());
                 }
             }
             Kind::Quiet => {}

@@ -1,6 +1,7 @@
 //! The producer binary against the local AWS emulator: S3 prefixes past one
 //! ListObjectsV2 page, manifests with bad lines, stdin, idempotent re-runs,
-//! and collect/report over a real output queue.
+//! collect/report over a real output queue, and report thumbnails from a real
+//! bucket.
 
 #[path = "../../aws/tests/common/mod.rs"]
 mod common;
@@ -218,6 +219,68 @@ async fn collect_drops_duplicates_loses_nothing_and_report_counts_them() {
     assert!(page.contains("<div class=value id=jobs>31</div>"));
     assert!(page.contains("<td>decode</td><td class=num>1</td>"));
     common::delete_queue(&cfg, q.url()).await;
+    std::fs::remove_dir_all(&dir).expect("clean up");
+}
+
+#[tokio::test]
+async fn report_inlines_thumbnails_fetched_from_s3() {
+    let cfg = common::config().await;
+    let bucket = common::bucket(&cfg, "prodthumbs").await;
+    let store = S3Store::new(cfg.s3(), common::counters());
+    let png = |w: u32, h: u32| {
+        let mut out = Vec::new();
+        image::DynamicImage::ImageLuma8(image::GrayImage::from_fn(w, h, |x, y| image::Luma([((x + y) % 256) as u8])))
+            .write_to(&mut std::io::Cursor::new(&mut out), image::ImageFormat::Png)
+            .expect("png");
+        out
+    };
+    store.put(&bucket, "digit.png", png(28, 28)).await.expect("put");
+    store.put(&bucket, "photo.png", png(640, 480)).await.expect("put");
+    store.put(&bucket, "notes.txt", b"not an image".to_vec()).await.expect("put");
+    let line = |id: &str, key: &str, body: &str| {
+        format!(
+            r#"{{"v":1,"job_id":"{id}","run_id":"r","url":"s3://{bucket}/{key}",{body},"attempts":1,"worker":"w","completed_at":"2026-11-26T10:00:00Z","latency_ms":5}}"#
+        )
+    };
+    let ok = |label: &str, score: f32, truth: &str| {
+        format!(r#""status":"ok","top_k":[{{"label":"{label}","score":{score}}}],"attrs":{{"label":"{truth}"}}"#)
+    };
+    let err = |kind: &str| format!(r#""status":"error","error":{{"kind":"{kind}","message":"m"}}"#);
+    let results = [
+        line("right", "digit.png", &ok("3", 0.97, "3")),
+        line("wrong", "photo.png", &ok("8", 0.51, "3")),
+        line("capped", "photo.png", &err("too_large")),
+        line("broken", "notes.txt", &err("decode")),
+        line("gone", "missing.png", &err("fetch_not_found")),
+    ]
+    .join("\n");
+    let dir = std::env::temp_dir().join(common::unique("thumbs"));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let jsonl = dir.join("results.jsonl");
+    std::fs::write(&jsonl, results).expect("write results");
+    let html = dir.join("report.html");
+    let (jsonl, html_s) = (jsonl.to_str().expect("utf8"), html.to_str().expect("utf8"));
+
+    let out = producer(&["report", "--in", jsonl, "--out", html_s, "--json"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // digit.png and photo.png decode; notes.txt does not; missing.png is never fetched.
+    assert_eq!(summary(&out)["thumbnails"].as_u64(), Some(2));
+    let page = std::fs::read_to_string(&html).expect("html");
+    let thumb = "<img class=thumb src=\"data:image/png;base64,";
+    let after = |id: &str| page.split_once(&format!("id={id}")).map(|(_, rest)| rest.to_owned()).unwrap_or_default();
+    assert!(after("least-confident").split("</table>").next().is_some_and(|t| t.matches(thumb).count() == 2));
+    assert!(after("thumbs-misclassified").contains("true 3 → predicted 8 (1)"));
+    assert!(after("thumbs-failed").split("</div>").next().is_some_and(|t| t.contains("alt=\"capped\"")));
+    assert!(!page.contains("alt=\"broken\""), "a file that does not decode has no thumbnail");
+
+    let out = producer(&["report", "--in", jsonl, "--out", html_s, "--json", "--no-thumbnails"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(summary(&out)["thumbnails"].as_u64(), Some(0));
+    assert!(!std::fs::read_to_string(&html).expect("html").contains(thumb));
+    let out = producer(&["report", "--in", jsonl, "--out", html_s, "--json", "--thumbnails", "1"], None);
+    assert_eq!(summary(&out)["thumbnails"].as_u64(), Some(1), "the limit holds");
+
+    common::delete_bucket(&cfg, &bucket).await;
     std::fs::remove_dir_all(&dir).expect("clean up");
 }
 
