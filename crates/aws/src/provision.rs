@@ -196,6 +196,28 @@ pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str, counters: &ApiCount
         .ok_or_else(|| permanent(OP, format!("no QueueArn for {url}")))
 }
 
+/// Reads a queue's own visibility timeout (`None` when it does not say).
+pub async fn queue_visibility(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    counters: &ApiCounters,
+) -> Result<Option<Duration>, ServiceError> {
+    const OP: &str = "GetQueueAttributes";
+    counters.incr(OP);
+    let out = sqs
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::VisibilityTimeout)
+        .send()
+        .await
+        .map_err(|e| classify(OP, &e))?;
+    Ok(out
+        .attributes
+        .and_then(|mut a| a.remove(&QueueAttributeName::VisibilityTimeout))
+        .and_then(|v| v.parse().ok())
+        .map(Duration::from_secs))
+}
+
 /// Reads a queue's redrive policy, if it has one.
 pub async fn redrive_policy(
     sqs: &aws_sdk_sqs::Client,
