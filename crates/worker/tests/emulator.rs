@@ -137,7 +137,7 @@ async fn sigterm_drains_in_time_returns_unstarted_messages_and_loses_nothing() {
     let s = stack("drain", Duration::from_secs(60), 5).await;
     let (ids, bodies, _) = digit_jobs(&s, N).await;
     s.enqueue(&bodies).await;
-    let mut w = spawn_worker(&s, "w-drain", &["--lease-seconds", "60", "--drain-timeout", "20", "--max-batch", "8"]);
+    let mut w = spawn_worker(&s, "w-drain", &["--lease-seconds", "60", "--drain-timeout-seconds", "20", "--max-batch", "8"]);
     let first = s.results(1, Duration::from_secs(120)).await;
     w.signal("TERM");
     let status = w.exit(Duration::from_secs(30)).await;
