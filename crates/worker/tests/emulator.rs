@@ -12,7 +12,7 @@ use scorefleet_core::lease::Status;
 use scorefleet_core::result::ResultStatus;
 use scorefleet_core::traits::JobQueue;
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Uploads `n` digits and returns their jobs' ids, bodies and the model's
 /// offline label for each.
@@ -137,7 +137,8 @@ async fn sigterm_drains_in_time_returns_unstarted_messages_and_loses_nothing() {
     let s = stack("drain", Duration::from_secs(60), 5).await;
     let (ids, bodies, _) = digit_jobs(&s, N).await;
     s.enqueue(&bodies).await;
-    let mut w = spawn_worker(&s, "w-drain", &["--lease-seconds", "60", "--drain-timeout-seconds", "20", "--max-batch", "8"]);
+    let mut w =
+        spawn_worker(&s, "w-drain", &["--lease-seconds", "60", "--drain-timeout-seconds", "20", "--max-batch", "8"]);
     let first = s.results(1, Duration::from_secs(120)).await;
     w.signal("TERM");
     let status = w.exit(Duration::from_secs(30)).await;
@@ -272,4 +273,76 @@ async fn a_job_that_outlives_the_visibility_timeout_stays_with_its_owner() {
     let renewals =
         a.metric("scorefleet_lease_renewals_total ").await + b.metric("scorefleet_lease_renewals_total ").await;
     assert!(renewals >= 2, "the owner kept its lease alive ({renewals} renewals)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_panic_stops_the_worker_nonzero_and_strands_no_job() {
+    const N: usize = 60;
+    // Lease and visibility well past the test's deadline for the second
+    // worker: a message the first one stranded (invisible, or claimed) could
+    // not come back in time.
+    const LEASE: u64 = 60;
+    const DRAIN: u64 = 10;
+    let s = stack("panic", Duration::from_secs(LEASE), 5).await;
+    let (ids, bodies, want) = digit_jobs(&s, N).await;
+    s.enqueue(&bodies).await;
+    let lease = LEASE.to_string();
+    let drain = DRAIN.to_string();
+    // Batches of 4 (waiting up to 200 ms to fill) and a model that panics on
+    // its third: when it does, jobs are claimed, fetched, batched and
+    // recorded in every stage.
+    let mut a = spawn_worker(
+        &s,
+        "w-panics",
+        &[
+            "--lease-seconds",
+            &lease,
+            "--drain-timeout-seconds",
+            &drain,
+            "--max-batch",
+            "4",
+            "--max-wait-ms",
+            "200",
+            "--fault-panic-on-batch",
+            "3",
+        ],
+    );
+    // Watch readiness until the process ends: the last 200 is (about) when
+    // the fault was seen; the drain must end within its limit after it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last_ready = None;
+    let status = loop {
+        if let Some(status) = a.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the worker is still running 120 s after its model panicked");
+        if let Some((200, _)) = a.get("/readyz").await {
+            last_ready = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let exited = Instant::now();
+    assert!(!status.success(), "a model panic must end the worker non-zero, got {status:?}");
+    let last_ready = last_ready.expect("the worker was ready before its model panicked");
+    let after = exited - last_ready;
+    assert!(after <= Duration::from_secs(DRAIN + 3), "exited {after:?} after it stopped being ready");
+
+    // A second worker finishes every job well before a stranded message's
+    // visibility (a whole lease after the first worker received it) ends.
+    let b = spawn_worker(&s, "w-after", &["--lease-seconds", &lease]);
+    b.ready(Duration::from_secs(60)).await;
+    let all = s.results(N, Duration::from_secs(LEASE / 2)).await;
+    let mut per_job: HashMap<&str, usize> = HashMap::new();
+    for r in &all {
+        *per_job.entry(r.job_id.as_str()).or_default() += 1;
+        assert_eq!(r.top().map(|p| &p.label), want.get(&r.job_id), "{}", r.job_id);
+    }
+    assert_eq!(per_job.len(), N, "every job finished");
+    assert!(per_job.values().all(|n| *n == 1), "nothing scored (or sent) twice: {per_job:?}");
+    let by_b = all.iter().filter(|r| r.worker == "w-after").count() as u64;
+    assert!(by_b > 0, "the first worker stopped before finishing everything");
+    assert_eq!(b.metric("scorefleet_inferences_total ").await, by_b, "the second worker scored only what it sent");
+    let outcomes = s.outcomes(&ids).await;
+    assert_eq!(outcomes.len(), N);
+    assert!(outcomes.values().all(|o| o.status == Status::Completed));
 }
