@@ -12,10 +12,9 @@
 //! - Unparsable without a job id → left to the queue's redrive policy (DLQ).
 
 use crate::ctx::Ctx;
-use crate::job::{Emit, Job, Outcome};
+use crate::job::{Delivery, Emit, Job, Outcome};
 use crate::lease::InFlight;
 use crate::metrics::Stage;
-use crate::receive::Delivery;
 use scorefleet_aws::retry;
 use scorefleet_core::error::{ErrorKind, JobError};
 use scorefleet_core::job::JobMessage;

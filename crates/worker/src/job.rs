@@ -6,8 +6,17 @@ use scorefleet_core::error::JobError;
 use scorefleet_core::job::{JobId, JobMessage};
 use scorefleet_core::lease::{Fence, Terminal};
 use scorefleet_core::result::{ErrorInfo, ResultMessage, ResultStatus};
-use scorefleet_core::traits::{Chw, JobQueue, OutcomeStore, now_ms};
+use scorefleet_core::traits::{Chw, JobQueue, OutcomeStore, Received, now_ms};
 use std::time::{Duration, Instant};
+
+/// One receive's messages and when they arrived.
+pub(crate) struct Delivery {
+    /// Epoch ms at which the receive answered: the start of the messages'
+    /// visibility timeout, as near as the worker can tell.
+    pub(crate) at_ms: u64,
+    /// What it answered.
+    pub(crate) msgs: Vec<Received>,
+}
 
 /// A claimed job travelling through the stages.
 #[derive(Debug)]

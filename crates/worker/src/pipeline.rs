@@ -16,7 +16,7 @@
 
 use crate::ctx::{Ctx, Ports};
 use crate::fetch::Fetcher;
-use crate::job::{Decoded, Emit, Job, Outcome};
+use crate::job::{Decoded, Delivery, Emit, Job, Outcome};
 use crate::lease::Registry;
 use crate::metrics::SharedMetrics;
 use crate::settings::Settings;
@@ -62,7 +62,7 @@ where
     let model = predictor.model().clone();
     let ctx = Arc::new(Ctx { ports, settings: settings.clone(), model, metrics, registry, stop: stop.clone() });
     let depth = settings.max_batch.max(10) * 2;
-    let (recv_tx, recv_rx) = mpsc::channel::<crate::receive::Delivery>(settings.receivers);
+    let (recv_tx, recv_rx) = mpsc::channel::<Delivery>(settings.receivers);
     let (fetch_tx, fetch_rx) = mpsc::channel::<Job>(depth);
     let (batch_tx, batch_rx) = mpsc::channel::<Decoded>(depth);
     let (infer_tx, infer_rx) = mpsc::channel::<Vec<(Job, Chw)>>(2);

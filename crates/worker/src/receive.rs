@@ -3,21 +3,13 @@
 //! is retried with exponential backoff and jitter, reset by the next success.
 
 use crate::ctx::Ctx;
+use crate::job::Delivery;
 use crate::settings::Settings;
-use scorefleet_core::traits::{JobQueue, Received, now_ms};
+use scorefleet_core::traits::{JobQueue, now_ms};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
-
-/// One receive's messages and when they arrived.
-pub(crate) struct Delivery {
-    /// Epoch ms at which the receive answered: the start of the messages'
-    /// visibility timeout, as near as the worker can tell.
-    pub(crate) at_ms: u64,
-    /// What it answered.
-    pub(crate) msgs: Vec<Received>,
-}
 
 /// The most jobs a worker holds before it stops receiving (`--max-in-flight`,
 /// or four model batches and at least 40).

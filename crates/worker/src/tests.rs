@@ -202,9 +202,10 @@ impl MemSink {
     }
 }
 
-/// The dedup table, changed only through the core's pure transitions.
+/// The dedup table, changed only through the core's pure transitions; each
+/// claim takes the second field's time (a slow table).
 #[derive(Debug, Default)]
-struct MemStore(Mutex<HashMap<JobId, OutcomeRecord>>);
+struct MemStore(Mutex<HashMap<JobId, OutcomeRecord>>, Duration);
 
 impl MemStore {
     fn get_now(&self, job: &str) -> Option<OutcomeRecord> {
@@ -234,6 +235,9 @@ impl OutcomeStore for MemStore {
         now_ms: u64,
         lease_ms: u64,
     ) -> Result<ClaimOutcome, ServiceError> {
+        if !self.1.is_zero() {
+            tokio::time::sleep(self.1).await;
+        }
         let mut m = self.0.lock().expect("store");
         let req = ClaimRequest { owner, run_id, now_ms, lease_ms, ttl_s: 86_400 };
         let (outcome, write) = lease::claim(m.get(job), &req);
@@ -463,6 +467,23 @@ async fn one_bad_image_fails_only_its_own_job_and_results_precede_deletes() {
     assert_eq!(report.fault, None);
     assert_eq!(h.metrics.in_flight.load(Ordering::Relaxed), 0, "every job's hold released");
     assert!(h.registry.is_empty());
+    // The batch wait is measured, once per image that reached a batch.
+    let text = h.metrics.render(&scorefleet_aws::ApiCounters::new());
+    let batch_waits = text
+        .lines()
+        .find_map(|l| l.strip_prefix("scorefleet_stage_seconds_count{stage=\"batch\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert_eq!(batch_waits, Some(3), "ok1, ok2 and poison waited in the batcher: {text}");
+}
+
+#[tokio::test]
+async fn latency_counts_from_the_receive_not_from_the_claim() {
+    let slow_table = MemStore(Mutex::default(), Duration::from_millis(300));
+    let h = start(vec![job("late", "a")], vec![("a", Ok("digit:1"))], slow_table, None, settings());
+    until("deleted", || h.queue.deleted("late")).await;
+    let latency = h.result("late").and_then(|r| r.latency_ms).expect("latency");
+    assert!(latency >= 300, "latency {latency} ms leaves out the 300 ms claim");
+    let _ = h.stop().await;
 }
 
 /// Waits for the pipeline to end on its own (no stop from the test).
