@@ -246,15 +246,6 @@ impl Cli {
                 ),
             ));
         }
-        if self.max_in_flight > 0 && self.max_in_flight < self.max_batch {
-            return Err(refuse(
-                "max-in-flight",
-                format!(
-                    "must be 0 (automatic) or at least --max-batch ({}), or no batch could fill; got {}",
-                    self.max_batch, self.max_in_flight
-                ),
-            ));
-        }
         let drain_timeout_seconds = match (self.drain_timeout_seconds, self.drain_timeout_deprecated) {
             (Some(new), Some(old)) if new != old => {
                 return Err(refuse(
@@ -387,14 +378,6 @@ mod tests {
             let arg = format!("--{flag}");
             assert_eq!(refused(&[&arg, "0"]).flag, flag);
         }
-    }
-
-    #[test]
-    fn an_in_flight_limit_below_one_batch_contradicts_the_batch_size() {
-        let e = refused(&["--max-batch", "32", "--max-in-flight", "8"]);
-        assert_eq!(e.flag, "max-in-flight");
-        assert_eq!(accepted(&["--max-batch", "32", "--max-in-flight", "32"]).settings.max_in_flight, 32);
-        assert_eq!(accepted(&["--max-in-flight", "0"]).settings.max_in_flight, 0, "0: automatic");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use crate::lease::InFlight;
 use crate::metrics::Stage;
 use scorefleet_aws::retry;
 use scorefleet_core::error::{ErrorKind, JobError};
-use scorefleet_core::job::JobMessage;
+use scorefleet_core::job::{JobId, JobMessage};
 use scorefleet_core::lease::ClaimOutcome;
 use scorefleet_core::traits::{JobQueue, OutcomeStore, Received, ServiceError, now_ms};
 use std::sync::Arc;
@@ -89,23 +89,53 @@ enum Step {
     Leave,
 }
 
+/// What a message body is to the worker, before any claim.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    /// A valid job: claimed, then fetched.
+    Job(JobMessage),
+    /// Broken, but it names a job: claimed and answered with an
+    /// `invalid_message` result.
+    Invalid {
+        /// The job it names.
+        job_id: JobId,
+        /// Why it is broken.
+        error: String,
+    },
+    /// It names no job: no result can be addressed, so it is left to the
+    /// queue's redrive policy (the DLQ).
+    DeadLetter {
+        /// Why it is broken.
+        error: String,
+    },
+}
+
+/// Routes a message body: the parse and the decision the dedup stage acts on.
+pub fn route(body: &str) -> Route {
+    match JobMessage::parse(body) {
+        Ok(job) => Route::Job(job),
+        Err(e) => match e.job_id {
+            Some(job_id) => Route::Invalid { job_id, error: e.message },
+            None => Route::DeadLetter { error: e.message },
+        },
+    }
+}
+
 /// The run an unparsable message's record is filed under.
 pub const UNPARSABLE_RUN: &str = "unparsable";
 
 /// Parses and claims one message.
 async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Received, received_ms: u64) -> Step {
-    let (job_id, parsed, parse_error) = match JobMessage::parse(&m.body) {
-        Ok(job) => (job.job_id.clone(), Some(job), None),
-        Err(e) => match e.job_id.clone() {
-            Some(id) => (id, None, Some(e)),
-            None => {
-                // No id: nothing to record a result under. Redrive takes it
-                // to the DLQ after maxReceiveCount deliveries.
-                tracing::warn!(message_id = %m.message_id, error = %e, "unparsable message without a job id; left for the DLQ");
-                ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
-                return Step::Leave;
-            }
-        },
+    let (job_id, parsed, parse_error) = match route(&m.body) {
+        Route::Job(job) => (job.job_id.clone(), Some(job), None),
+        Route::Invalid { job_id, error } => (job_id, None, Some(error)),
+        Route::DeadLetter { error } => {
+            // No id: nothing to record a result under. Redrive takes it
+            // to the DLQ after maxReceiveCount deliveries.
+            tracing::warn!(message_id = %m.message_id, %error, "unparsable message without a job id; left for the DLQ");
+            ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
+            return Step::Leave;
+        }
     };
     // Our own job, redelivered while we still work on it (its visibility
     // lapsed: extensions failed): adopt the newer receipt handle and let the
@@ -190,9 +220,7 @@ async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Rec
         lease_until_ms,
     };
     match parse_error {
-        Some(e) => {
-            Step::Record(job.failed(&ctx.settings.worker_id, JobError::new(ErrorKind::InvalidMessage, e.message)))
-        }
+        Some(e) => Step::Record(job.failed(&ctx.settings.worker_id, JobError::new(ErrorKind::InvalidMessage, e))),
         None => Step::Fetch(job),
     }
 }

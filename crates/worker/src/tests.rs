@@ -420,10 +420,17 @@ async fn until(what: &str, cond: impl Fn() -> bool) {
 }
 
 impl Harness {
+    /// Cancels the pipeline and waits for its drain.
     async fn stop(self) -> (DrainReport, Harness) {
         self.stop.cancel();
+        self.joined(Duration::from_secs(60)).await
+    }
+
+    /// Waits at most `limit` for the pipeline to end (by itself, unless the
+    /// caller stopped it).
+    async fn joined(self, limit: Duration) -> (DrainReport, Harness) {
         let Harness { queue, sink, store, fetcher, log, metrics, inferences, registry, stop, run } = self;
-        let report = run.await.expect("pipeline task");
+        let report = tokio::time::timeout(limit, run).await.expect("the pipeline ends").expect("pipeline task");
         let done = tokio::spawn(async { DrainReport::default() });
         (report, Harness { queue, sink, store, fetcher, log, metrics, inferences, registry, stop, run: done })
     }
@@ -488,13 +495,7 @@ async fn latency_counts_from_the_receive_not_from_the_claim() {
 
 /// Waits for the pipeline to end on its own (no stop from the test).
 async fn ends_by_itself(h: Harness) -> (DrainReport, Harness) {
-    let Harness { queue, sink, store, fetcher, log, metrics, inferences, registry, stop, run } = h;
-    let report = tokio::time::timeout(Duration::from_secs(30), run)
-        .await
-        .expect("the pipeline stops by itself after a fault")
-        .expect("pipeline task");
-    let done = tokio::spawn(async { DrainReport::default() });
-    (report, Harness { queue, sink, store, fetcher, log, metrics, inferences, registry, stop, run: done })
+    h.joined(Duration::from_secs(30)).await
 }
 
 #[tokio::test]

@@ -29,7 +29,6 @@ fn invalid_settings_are_refused_at_start_with_one_line_naming_the_flag() {
         (&["--lease-seconds", "1"][..], "error: --lease-seconds: must be at least 2"),
         (&["--wait-seconds", "21"][..], "error: --wait-seconds: must be at most 20"),
         (&["--log", "info,x=nonsense-level"][..], "error: --log: invalid filter"),
-        (&["--max-batch", "16", "--max-in-flight", "4"][..], "error: --max-in-flight: must be 0"),
     ] {
         let out = worker(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
