@@ -407,6 +407,13 @@ fn start(
     Harness { queue, sink, store, fetcher, log, metrics, inferences, registry, stop, run }
 }
 
+/// One job whose fetch waits for a permit on the returned gate.
+fn one_held(id: &str, key: &str) -> (Harness, Arc<Semaphore>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let h = start(vec![job(id, key)], vec![(key, Ok("digit:1"))], MemStore::default(), Some(gate.clone()), settings());
+    (h, gate)
+}
+
 /// Waits until `cond` holds; fails the test if it never does.
 async fn until(what: &str, cond: impl Fn() -> bool) {
     let started = std::time::Instant::now();
@@ -536,14 +543,7 @@ async fn a_panic_in_the_model_stops_the_pipeline_with_a_fault_and_strands_no_job
 
 #[tokio::test]
 async fn a_poisoned_registry_lock_stops_the_pipeline_with_a_fault() {
-    let gate = Arc::new(Semaphore::new(0));
-    let h = start(
-        vec![job("held", "slow-a")],
-        vec![("slow-a", Ok("digit:1"))],
-        MemStore::default(),
-        Some(gate.clone()),
-        settings(),
-    );
+    let (h, gate) = one_held("held", "slow-a");
     until("claimed", || h.registry.len() == 1).await;
     h.registry.poison();
     // The next lock (any stage's) finds it poisoned.
@@ -682,14 +682,7 @@ async fn transient_failures_retry_then_leave_the_message_and_release_the_claim()
 
 #[tokio::test]
 async fn a_job_whose_lease_was_taken_over_is_abandoned_not_finished() {
-    let gate = Arc::new(Semaphore::new(0));
-    let h = start(
-        vec![job("stolen", "slow-s")],
-        vec![("slow-s", Ok("digit:1"))],
-        MemStore::default(),
-        Some(gate.clone()),
-        settings(),
-    );
+    let (h, gate) = one_held("stolen", "slow-s");
     until("claimed", || h.store.get_now("stolen").is_some()).await;
     // Another worker takes the job over (as after a long stall of ours).
     let mut rec = h.store.get_now("stolen").expect("record");
@@ -867,14 +860,7 @@ fn the_in_flight_limit_follows_the_measured_rate_within_a_receive_and_the_ceilin
 
 #[tokio::test]
 async fn our_own_job_redelivered_after_our_lease_ran_out_is_adopted_not_scored_again() {
-    let gate = Arc::new(Semaphore::new(0));
-    let h = start(
-        vec![job("own", "slow-a")],
-        vec![("slow-a", Ok("digit:1"))],
-        MemStore::default(),
-        Some(gate.clone()),
-        settings(),
-    );
+    let (h, gate) = one_held("own", "slow-a");
     until("claimed and fetching", || h.fetcher.calls.load(Ordering::Relaxed) == 1).await;
     // The keeper's renewals failed: our lease ran out (it ends before the
     // visibility), then the visibility lapsed and the message came back.
