@@ -388,3 +388,16 @@ async fn a_model_panic_stops_the_worker_nonzero_and_strands_no_job() {
     assert_eq!(outcomes.len(), N);
     assert!(outcomes.values().all(|o| o.status == Status::Completed));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_longer_than_the_queue_visibility_is_refused_at_start() {
+    if common::skip() {
+        return;
+    }
+    let s = stack("longlease", Duration::from_secs(5), 5).await;
+    let mut w = spawn_worker(&s, "w-long", &["--lease-seconds", "10"]);
+    let status = w.exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(1), "refused at start, got {status:?}");
+    let (visible, in_flight) = s.depth(&s.res.input_queue_url).await;
+    assert_eq!((visible, in_flight), (0, 0), "nothing was received");
+}
