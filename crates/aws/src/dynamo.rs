@@ -33,7 +33,9 @@ use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use scorefleet_core::job::JobId;
-use scorefleet_core::lease::{self, ClaimOutcome, ClaimRequest, Fence, LeaseError, OutcomeRecord, Status, Terminal};
+use scorefleet_core::lease::{
+    self, ClaimOutcome, ClaimRequest, Fence, LeaseError, OutcomeRecord, Status, Terminal, is_live,
+};
 use scorefleet_core::traits::{OutcomeStore, ServiceError, now_ms};
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -60,6 +62,8 @@ pub struct DynamoOutcomeStore {
     ttl: Duration,
     counters: Arc<ApiCounters>,
     /// Retries of BatchGetItem's unprocessed keys.
+    retries: u32,
+    /// The wait between those retries.
     backoff: Backoff,
     /// Items per run-status `Query` page; `None`: DynamoDB's 1 MB pages.
     status_page_size: Option<i32>,
@@ -74,6 +78,7 @@ impl DynamoOutcomeStore {
             table: table.into(),
             ttl: DEFAULT_TTL,
             counters,
+            retries: 3,
             backoff: Backoff::default(),
             status_page_size: None,
         }
@@ -142,7 +147,7 @@ impl DynamoOutcomeStore {
                 }
                 match out.unprocessed_keys.and_then(|mut u| u.remove(&self.table)) {
                     Some(rest) if !rest.keys.is_empty() => {
-                        if retry >= self.backoff.retries {
+                        if retry >= self.retries {
                             return Err(ServiceError::Transient {
                                 op: OP,
                                 message: format!("{} keys still unprocessed after {retry} retries", rest.keys.len()),
@@ -378,11 +383,6 @@ fn condition_failed(e: SdkError<UpdateItemError>) -> Result<Option<Item>, Servic
         }
         other => Err(classify("UpdateItem", &other)),
     }
-}
-
-/// The core's liveness rule: past `expires_at` counts as absent.
-fn is_live(r: &OutcomeRecord, now_ms: u64) -> bool {
-    r.expires_at_s.saturating_mul(1000) > now_ms
 }
 
 fn key(job: &JobId) -> Item {

@@ -55,8 +55,9 @@ pub mod provision;
 pub mod s3;
 pub mod sqs;
 
-mod backoff;
+pub mod backoff;
 
+pub use backoff::{Backoff, retry};
 pub use config::AwsConfig;
 pub use dynamo::{DynamoOutcomeStore, RunStatus};
 pub use metrics::ApiCounters;

@@ -180,20 +180,40 @@ pub async fn ensure_queue(
     Ok(url)
 }
 
-/// A queue's ARN, as the service reports it.
-pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str, counters: &ApiCounters) -> Result<String, ServiceError> {
+/// One attribute of a queue, if the service reports it.
+async fn queue_attribute(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    counters: &ApiCounters,
+    name: QueueAttributeName,
+) -> Result<Option<String>, ServiceError> {
     const OP: &str = "GetQueueAttributes";
     counters.incr(OP);
     let out = sqs
         .get_queue_attributes()
         .queue_url(url)
-        .attribute_names(QueueAttributeName::QueueArn)
+        .attribute_names(name.clone())
         .send()
         .await
         .map_err(|e| classify(OP, &e))?;
-    out.attributes
-        .and_then(|mut a| a.remove(&QueueAttributeName::QueueArn))
-        .ok_or_else(|| permanent(OP, format!("no QueueArn for {url}")))
+    Ok(out.attributes.and_then(|mut a| a.remove(&name)))
+}
+
+/// A queue's ARN, as the service reports it.
+pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str, counters: &ApiCounters) -> Result<String, ServiceError> {
+    queue_attribute(sqs, url, counters, QueueAttributeName::QueueArn)
+        .await?
+        .ok_or_else(|| permanent("GetQueueAttributes", format!("no QueueArn for {url}")))
+}
+
+/// Reads a queue's own visibility timeout (`None` when it does not say).
+pub async fn queue_visibility(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    counters: &ApiCounters,
+) -> Result<Option<Duration>, ServiceError> {
+    let v = queue_attribute(sqs, url, counters, QueueAttributeName::VisibilityTimeout).await?;
+    Ok(v.and_then(|v| v.parse().ok()).map(Duration::from_secs))
 }
 
 /// Reads a queue's redrive policy, if it has one.
@@ -202,18 +222,9 @@ pub async fn redrive_policy(
     url: &str,
     counters: &ApiCounters,
 ) -> Result<Option<RedrivePolicy>, ServiceError> {
-    const OP: &str = "GetQueueAttributes";
-    counters.incr(OP);
-    let out = sqs
-        .get_queue_attributes()
-        .queue_url(url)
-        .attribute_names(QueueAttributeName::RedrivePolicy)
-        .send()
-        .await
-        .map_err(|e| classify(OP, &e))?;
-    match out.attributes.and_then(|mut a| a.remove(&QueueAttributeName::RedrivePolicy)) {
+    match queue_attribute(sqs, url, counters, QueueAttributeName::RedrivePolicy).await? {
         None => Ok(None),
-        Some(json) => parse_redrive_policy(&json).map(Some).map_err(|m| permanent(OP, m)),
+        Some(json) => parse_redrive_policy(&json).map(Some).map_err(|m| permanent("GetQueueAttributes", m)),
     }
 }
 

@@ -62,6 +62,8 @@ pub struct SqsQueue {
     url: String,
     counters: Arc<ApiCounters>,
     /// Retries of failed batch entries (the SDK retries whole requests).
+    entry_retries: u32,
+    /// The wait between those retries.
     backoff: Backoff,
     /// The visibility timeout asked for on receive (None: the queue's own).
     receive_visibility: Option<Duration>,
@@ -84,7 +86,7 @@ impl SqsQueue {
         // SQS requires FIFO queue names to end in `.fifo`, and the URL ends
         // with the name on every endpoint.
         let fifo = url.ends_with(".fifo");
-        Self { client, url, counters, backoff: Backoff::default(), receive_visibility: None, fifo }
+        Self { client, url, counters, entry_retries: 3, backoff: Backoff::default(), receive_visibility: None, fifo }
     }
 
     /// Whether this is a FIFO queue (its URL ends in `.fifo`).
@@ -103,7 +105,7 @@ impl SqsQueue {
     /// Changes how often, and after what first delay, failed batch entries are
     /// retried before being reported (default 3 retries from 50 ms).
     pub fn with_entry_retries(mut self, retries: u32, base_delay: Duration) -> Self {
-        self.backoff.retries = retries;
+        self.entry_retries = retries;
         self.backoff.base = base_delay;
         self
     }
@@ -211,7 +213,7 @@ impl SqsQueue {
                 if retryable.is_empty() {
                     break;
                 }
-                if retry >= self.backoff.retries {
+                if retry >= self.entry_retries {
                     tracing::warn!(op, queue = %self.url, n = retryable.len(), "batch entries still failing after retries");
                     failures.extend(retryable);
                     break;

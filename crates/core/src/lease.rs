@@ -152,8 +152,15 @@ pub struct ClaimRequest<'a> {
     pub ttl_s: u64,
 }
 
+/// Whether a record still counts at `now_ms`: one past its TTL
+/// (`expires_at_s`) is treated as absent, whether or not DynamoDB has
+/// deleted it yet. The adapters filter what they read with this rule.
+pub fn is_live(r: &OutcomeRecord, now_ms: u64) -> bool {
+    r.expires_at_s.saturating_mul(1000) > now_ms
+}
+
 fn live(cur: Option<&OutcomeRecord>, now_ms: u64) -> Option<&OutcomeRecord> {
-    cur.filter(|r| r.expires_at_s.saturating_mul(1000) > now_ms)
+    cur.filter(|r| is_live(r, now_ms))
 }
 
 /// Claim: succeeds on an absent (or TTL-expired) record, or on an

@@ -195,8 +195,8 @@ pub trait Predictor: Send + 'static {
     }
 }
 
-/// The time and the lease length a caller uses, kept together so tests can
-/// drive them.
+/// Wall-clock time in epoch milliseconds: the clock leases, TTLs and the
+/// batching policy are written against (0 if the clock is before 1970).
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }

@@ -4,6 +4,7 @@
 
 use crate::progress::Progress;
 use crate::source::{Item, LineError};
+use scorefleet_aws::{Backoff, retry};
 use scorefleet_core::traits::{MessageSink, ServiceError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -176,23 +177,14 @@ async fn dispatch<S: MessageSink>(
     });
 }
 
+/// Waits between retries of a whole send: from 100 ms, doubling, at most 10 s.
+const SEND_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
+
 async fn send_with_retry<S: MessageSink>(
     sink: &S,
     bodies: &[String],
 ) -> Result<Vec<scorefleet_core::traits::EntryFailure>, ServiceError> {
-    let mut delay = Duration::from_millis(100);
-    let mut attempt = 0;
-    loop {
-        match sink.send(bodies).await {
-            Err(e) if e.is_transient() && attempt < REQUEST_RETRIES => {
-                attempt += 1;
-                let jitter = rand::random_range(0.5..1.5);
-                tokio::time::sleep(delay.mul_f64(jitter)).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-            other => return other,
-        }
-    }
+    retry(SEND_BACKOFF, |e: &ServiceError, n| e.is_transient() && n < REQUEST_RETRIES, || sink.send(bodies)).await
 }
 
 #[cfg(test)]

@@ -21,7 +21,8 @@ use tokio::sync::mpsc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
-    /// Log filter (tracing EnvFilter syntax).
+    /// Log filter (tracing EnvFilter syntax). An invalid filter is refused
+    /// at start.
     #[arg(long, global = true, env = "SCOREFLEET_LOG", default_value = "warn")]
     log: String,
 }
@@ -192,10 +193,14 @@ struct EnqueueArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).unwrap_or_default())
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = match log_filter(&cli.log) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -210,6 +215,12 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The `--log` filter, or why it is refused: an invalid filter must not
+/// silently turn logging off (the default `EnvFilter` has no directives).
+fn log_filter(spec: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    tracing_subscriber::EnvFilter::try_new(spec).map_err(|e| format!("--log: invalid filter `{spec}`: {e}"))
 }
 
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -488,4 +499,16 @@ async fn list_s3(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_invalid_log_filter_is_refused_instead_of_silencing_the_logs() {
+        let e = log_filter("warn,scorefleet_producer=bogus-level").expect_err("refused");
+        assert!(e.starts_with("--log: invalid filter"), "{e}");
+        assert!(log_filter("warn,scorefleet_producer=debug").is_ok());
+    }
 }

@@ -7,10 +7,10 @@
 //! `too_large`/`decode` for their own job only); a header that cannot be read
 //! goes to the pool and fails there with its typed error.
 
-use crate::metrics::Stage;
-use crate::pipeline::Ctx;
+use crate::metrics::{Metrics, Stage};
 use scorefleet_core::error::{ErrorKind, JobError};
 use scorefleet_core::traits::{Chw, Preprocessor};
+use std::sync::Arc;
 use std::time::Instant;
 
 /// Largest image, in pixels, decoded on the calling task (64 × 64: digits
@@ -20,18 +20,16 @@ use std::time::Instant;
 pub const INLINE_MAX_PIXELS: u64 = 64 * 64;
 
 /// Bytes → model input.
-pub(crate) async fn decode<Q, S, O, F, P: Preprocessor>(
-    ctx: &Ctx<Q, S, O, F, P>,
-    bytes: Vec<u8>,
-) -> Result<Chw, JobError> {
+pub(crate) async fn decode<P: Preprocessor>(pre: &Arc<P>, metrics: &Metrics, bytes: Vec<u8>) -> Result<Chw, JobError> {
     let started = Instant::now();
-    let pre = ctx.ports.preprocessor.clone();
+    let pre = pre.clone();
     let decoded = if is_small(&bytes) {
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pre.preprocess(&bytes))).map_err(panic_message)
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| pre.preprocess(&bytes)))
+            .map_err(|p| crate::supervise::panic_message(p.as_ref()))
     } else {
         tokio::task::spawn_blocking(move || pre.preprocess(&bytes)).await.map_err(|e| e.to_string())
     };
-    ctx.metrics.observe(Stage::Decode, started.elapsed());
+    metrics.observe(Stage::Decode, started.elapsed());
     match decoded {
         Ok(r) => r,
         // A panic in a decoder is a bug, but it must cost one job, not the worker.
@@ -59,13 +57,6 @@ pub fn is_small(bytes: &[u8]) -> bool {
         _ => return false,
     };
     reader.into_dimensions().is_ok_and(|(w, h)| u64::from(w) * u64::from(h) <= INLINE_MAX_PIXELS)
-}
-
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "panic".to_owned())
 }
 
 #[cfg(test)]

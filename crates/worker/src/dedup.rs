@@ -1,25 +1,25 @@
 //! Dedup: parse each message and claim its job in the outcome table.
 //!
-//! - A redelivery of a message this worker still holds is not claimed: its
-//!   newer receipt handle replaces the old one and the copy in flight goes on.
+//! - A redelivery of a message this worker still holds is adopted before any
+//!   claim: its newer receipt handle replaces the old one (SQS honours only
+//!   the newest for the final delete) and the copy in flight goes on.
 //! - `Claimed`/`TakenOver` → the job goes on to fetch (or, for a body that is
 //!   broken but names a job id, straight to record as `invalid_message`).
 //! - `Busy` → another live lease holds it: leave the message, its visibility
-//!   brings it back. When the live lease is *ours* for the same message (SQS
-//!   redelivered it while we work on it), the newer receipt handle replaces
-//!   the old one, so the final delete uses a handle SQS still honours.
+//!   brings it back.
 //! - `Done` → no recompute: the stored result is re-sent and the message
 //!   deleted (the first worker may have died between finish and send).
 //! - Unparsable without a job id → left to the queue's redrive policy (DLQ).
 
+use crate::ctx::Ctx;
+use crate::job::{Delivery, Emit, Job, Outcome};
 use crate::lease::InFlight;
 use crate::metrics::Stage;
-use crate::pipeline::{Ctx, Emit, Job, Outcome, backoff, failure};
-use crate::receive::Delivery;
+use scorefleet_aws::retry;
 use scorefleet_core::error::{ErrorKind, JobError};
-use scorefleet_core::job::JobMessage;
+use scorefleet_core::job::{JobId, JobMessage};
 use scorefleet_core::lease::ClaimOutcome;
-use scorefleet_core::traits::{JobQueue, OutcomeStore, Received, now_ms};
+use scorefleet_core::traits::{JobQueue, OutcomeStore, Received, ServiceError, now_ms};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -42,15 +42,15 @@ pub(crate) async fn run<Q, S, O, F, P>(
             // Received but not started: back to the queue at once.
             let entries: Vec<(String, Duration)> =
                 msgs.iter().map(|m| (m.receipt_handle.clone(), Duration::ZERO)).collect();
-            crate::shutdown::give_back(&ctx, &entries).await;
-            ctx.unclaimed.fetch_sub(received, Ordering::Relaxed);
+            crate::lease::return_messages(&*ctx.ports.queue, &entries).await;
+            ctx.registry.through_claim(received);
             continue;
         }
         let msgs = distinct_deliveries(msgs);
         let claims = msgs.into_iter().map(|m| claim_one(&ctx, m, at_ms));
         let steps = futures::future::join_all(claims).await;
         // Claimed ones are in the registry now; the others are left or done.
-        ctx.unclaimed.fetch_sub(received, Ordering::Relaxed);
+        ctx.registry.through_claim(received);
         for step in steps {
             let sent = match step {
                 Step::Fetch(job) => fetch_tx.send(job).await.is_ok(),
@@ -89,23 +89,53 @@ enum Step {
     Leave,
 }
 
+/// What a message body is to the worker, before any claim.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Route {
+    /// A valid job: claimed, then fetched.
+    Job(JobMessage),
+    /// Broken, but it names a job: claimed and answered with an
+    /// `invalid_message` result.
+    Invalid {
+        /// The job it names.
+        job_id: JobId,
+        /// Why it is broken.
+        error: String,
+    },
+    /// It names no job: no result can be addressed, so it is left to the
+    /// queue's redrive policy (the DLQ).
+    DeadLetter {
+        /// Why it is broken.
+        error: String,
+    },
+}
+
+/// Routes a message body: the parse and the decision the dedup stage acts on.
+pub fn route(body: &str) -> Route {
+    match JobMessage::parse(body) {
+        Ok(job) => Route::Job(job),
+        Err(e) => match e.job_id {
+            Some(job_id) => Route::Invalid { job_id, error: e.message },
+            None => Route::DeadLetter { error: e.message },
+        },
+    }
+}
+
 /// The run an unparsable message's record is filed under.
 pub const UNPARSABLE_RUN: &str = "unparsable";
 
 /// Parses and claims one message.
 async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Received, received_ms: u64) -> Step {
-    let (job_id, parsed, parse_error) = match JobMessage::parse(&m.body) {
-        Ok(job) => (job.job_id.clone(), Some(job), None),
-        Err(e) => match e.job_id.clone() {
-            Some(id) => (id, None, Some(e)),
-            None => {
-                // No id: nothing to record a result under. Redrive takes it
-                // to the DLQ after maxReceiveCount deliveries.
-                tracing::warn!(message_id = %m.message_id, error = %e, "unparsable message without a job id; left for the DLQ");
-                ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
-                return Step::Leave;
-            }
-        },
+    let (job_id, parsed, parse_error) = match route(&m.body) {
+        Route::Job(job) => (job.job_id.clone(), Some(job), None),
+        Route::Invalid { job_id, error } => (job_id, None, Some(error)),
+        Route::DeadLetter { error } => {
+            // No id: nothing to record a result under. Redrive takes it
+            // to the DLQ after maxReceiveCount deliveries.
+            tracing::warn!(message_id = %m.message_id, %error, "unparsable message without a job id; left for the DLQ");
+            ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
+            return Step::Leave;
+        }
     };
     // Our own job, redelivered while we still work on it (its visibility
     // lapsed: extensions failed): adopt the newer receipt handle and let the
@@ -113,7 +143,7 @@ async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Rec
     // margin before the visibility), take it over from ourselves and score
     // the job a second time.
     if ctx.registry.refresh_receipt(&job_id, &m.message_id, &m.receipt_handle) {
-        ctx.metrics.busy.fetch_add(1, Ordering::Relaxed);
+        ctx.metrics.adopted.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(job_id = %job_id, "redelivered while in flight; newest receipt handle adopted");
         return Step::Leave;
     }
@@ -128,20 +158,18 @@ async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Rec
     // the channel since); the lease ends a margin before it, so a message
     // whose worker died comes back to a lease already over.
     let lease_until_ms = received_ms.min(now_ms()) + lease_ms - margin_ms;
-    let mut attempt = 0;
-    let claimed = loop {
+    let retries = ctx.settings.retries;
+    let claim = || {
         let now = now_ms();
         let claim_ms = lease_until_ms.saturating_sub(now).max(margin_ms);
-        match ctx.ports.store.claim(&job_id, claim_run, &ctx.settings.worker_id, now, claim_ms).await {
-            Ok(c) => break c,
-            Err(e) if e.is_transient() && attempt < ctx.settings.retries => {
-                tokio::time::sleep(backoff(ctx.settings.backoff, attempt)).await;
-                attempt += 1;
-            }
-            Err(e) => {
-                tracing::warn!(job_id = %job_id, error = %e, "claim failed; message left for a later delivery");
-                return Step::Leave;
-            }
+        ctx.ports.store.claim(&job_id, claim_run, &ctx.settings.worker_id, now, claim_ms)
+    };
+    let claimed = match retry(ctx.settings.backoff, |e: &ServiceError, n| e.is_transient() && n < retries, claim).await
+    {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(job_id = %job_id, error = %e, "claim failed; message left for a later delivery");
+            return Step::Leave;
         }
     };
     ctx.metrics.observe(Stage::Claim, started.elapsed());
@@ -154,15 +182,7 @@ async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Rec
         }
         ClaimOutcome::Busy { owner, .. } => {
             ctx.metrics.busy.fetch_add(1, Ordering::Relaxed);
-            if owner == ctx.settings.worker_id
-                && ctx.registry.refresh_receipt(&job_id, &m.message_id, &m.receipt_handle)
-            {
-                // Our own job, redelivered while we work on it: the old
-                // handle may be stale now, so extend and delete with this one.
-                tracing::debug!(job_id = %job_id, "redelivered while in flight; newest receipt handle adopted");
-            } else {
-                tracing::debug!(job_id = %job_id, %owner, "held by a live lease; left for visibility to bring back");
-            }
+            tracing::debug!(job_id = %job_id, %owner, "held by a live lease; left for visibility to bring back");
             return Step::Leave;
         }
         ClaimOutcome::Done(record) => {
@@ -176,16 +196,18 @@ async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Rec
         }
     };
     // The keeper extends both before the lease (the earlier) ends.
-    let key = ctx.registry.insert(InFlight {
-        job_id: job_id.clone(),
-        message_id: m.message_id.clone(),
-        receipt: m.receipt_handle.clone(),
-        fence: fence.clone(),
-        lease_until_ms,
-    });
-    ctx.metrics.in_flight.fetch_add(1, Ordering::Relaxed);
+    let held = ctx.registry.hold(
+        InFlight {
+            job_id: job_id.clone(),
+            message_id: m.message_id.clone(),
+            receipt: m.receipt_handle.clone(),
+            fence: fence.clone(),
+            lease_until_ms,
+        },
+        &ctx.metrics,
+    );
     let job = Job {
-        key,
+        held,
         job_id,
         run_id,
         url: parsed.as_ref().map(|j| j.url_raw.clone()).unwrap_or_default(),
@@ -194,11 +216,11 @@ async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Rec
         receipt: m.receipt_handle,
         fence,
         attempts: m.receive_count,
-        received: Instant::now(),
+        received_ms,
         lease_until_ms,
     };
     match parse_error {
-        Some(e) => Step::Record(failure(ctx, job, JobError::new(ErrorKind::InvalidMessage, e.message))),
+        Some(e) => Step::Record(job.failed(&ctx.settings.worker_id, JobError::new(ErrorKind::InvalidMessage, e))),
         None => Step::Fetch(job),
     }
 }

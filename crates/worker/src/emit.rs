@@ -4,56 +4,41 @@
 //! sent). Receipt handles are de-duplicated per delete batch, and each job's
 //! newest handle is used.
 
+use crate::ctx::Ctx;
+use crate::flow::drive;
+use crate::job::Emit;
 use crate::metrics::Stage;
-use crate::pipeline::{Ctx, Emit, backoff};
-use scorefleet_core::traits::{JobQueue, MessageSink, ServiceError};
+use scorefleet_aws::retry;
+use scorefleet_core::batch::Policy;
+use scorefleet_core::traits::{JobQueue, MessageSink, ServiceError, now_ms};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// How long the emitter waits to fill a batch of 10 before sending what it has.
-const EMIT_LINGER: Duration = Duration::from_millis(25);
+/// How the emitter groups its work: the SQS batch limit of 10, and how long
+/// the first item waits for company before what there is goes out. Results
+/// carry no lease bound here: their jobs are recorded already.
+const EMIT: Policy = Policy { max_items: 10, max_wait_ms: 25, lease_margin_ms: 0 };
 
 /// Collects finished jobs into groups of 10 and flushes each group.
-pub(crate) async fn run<Q: JobQueue, S: MessageSink, O, F, P>(
-    ctx: Arc<Ctx<Q, S, O, F, P>>,
-    mut rx: mpsc::Receiver<Emit>,
-) {
-    let mut pending: Vec<Emit> = Vec::with_capacity(10);
-    loop {
-        let next = if pending.is_empty() {
-            rx.recv().await
-        } else {
-            match tokio::time::timeout(EMIT_LINGER, rx.recv()).await {
-                Ok(item) => item,
-                Err(_) => {
-                    flush(&ctx, &mut pending).await;
-                    continue;
-                }
-            }
-        };
-        match next {
-            Some(item) => {
-                pending.push(item);
-                if pending.len() >= 10 {
-                    flush(&ctx, &mut pending).await;
-                }
-            }
-            None => {
-                flush(&ctx, &mut pending).await;
-                return;
-            }
-        }
-    }
+pub(crate) async fn run<Q: JobQueue, S: MessageSink, O, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, rx: mpsc::Receiver<Emit>) {
+    let ctx = &ctx;
+    drive(
+        EMIT,
+        &ctx.stop,
+        rx,
+        |_| u64::MAX,
+        |items| async move {
+            flush(ctx, items).await;
+            true
+        },
+    )
+    .await;
 }
 
 /// Sends up to 10 results, then deletes the messages whose result went out.
-async fn flush<Q: JobQueue, S: MessageSink, O, F, P>(ctx: &Ctx<Q, S, O, F, P>, pending: &mut Vec<Emit>) {
-    if pending.is_empty() {
-        return;
-    }
-    let items = std::mem::take(pending);
+async fn flush<Q: JobQueue, S: MessageSink, O, F, P>(ctx: &Ctx<Q, S, O, F, P>, items: Vec<Emit>) {
     // Each result keyed by its job id: a FIFO output queue delivers one
     // copy per job however often it is sent within five minutes (a re-send
     // after a crash between send and delete included).
@@ -77,21 +62,19 @@ async fn flush<Q: JobQueue, S: MessageSink, O, F, P>(ctx: &Ctx<Q, S, O, F, P>, p
         Err(e) => tracing::warn!(error = %e, "sending results failed; messages left for redelivery"),
     }
     let mut handles: Vec<String> = Vec::with_capacity(items.len());
-    for (item, ok) in items.iter().zip(&sent) {
+    for (item, ok) in items.into_iter().zip(&sent) {
         let handle = match item {
-            Emit::Finished { key, receipt, received, .. } => {
+            Emit::Finished { held, receipt, received_ms, .. } => {
                 // The registry holds the newest handle (a redelivery while in
                 // flight replaces it); an older one may no longer delete.
-                let newest = ctx.registry.remove(*key).map(|j| {
-                    ctx.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-                    j.receipt
-                });
+                let newest = held.settle().map(|j| j.receipt);
                 if *ok {
-                    ctx.metrics.observe(Stage::EndToEnd, received.elapsed());
+                    let since_receive = Duration::from_millis(now_ms().saturating_sub(received_ms));
+                    ctx.metrics.observe(Stage::EndToEnd, since_receive);
                 }
-                newest.unwrap_or_else(|| receipt.clone())
+                newest.unwrap_or(receipt)
             }
-            Emit::Resend { receipt, .. } => receipt.clone(),
+            Emit::Resend { receipt, .. } => receipt,
         };
         if *ok {
             ctx.metrics.results_sent.fetch_add(1, Ordering::Relaxed);
@@ -126,25 +109,16 @@ async fn flush<Q: JobQueue, S: MessageSink, O, F, P>(ctx: &Ctx<Q, S, O, F, P>, p
 /// for as long as half the lease has not passed since the first one. A
 /// network cut of a few seconds is outlasted, while the messages' visibility
 /// (kept for the lease) still holds, and no flush waits longer than that.
-async fn retrying<Q, S, O, F, P, T, Fut>(
-    ctx: &Ctx<Q, S, O, F, P>,
-    mut call: impl FnMut() -> Fut,
-) -> Result<T, ServiceError>
+async fn retrying<Q, S, O, F, P, T, Fut>(ctx: &Ctx<Q, S, O, F, P>, call: impl FnMut() -> Fut) -> Result<T, ServiceError>
 where
     Fut: Future<Output = Result<T, ServiceError>>,
 {
     let started = Instant::now();
-    let mut attempt = 0;
-    loop {
-        match call().await {
-            Err(e)
-                if e.is_transient()
-                    && (attempt < ctx.settings.retries || started.elapsed() < ctx.settings.lease / 2) =>
-            {
-                tokio::time::sleep(backoff(ctx.settings.backoff, attempt)).await;
-                attempt += 1;
-            }
-            other => return other,
-        }
-    }
+    let (retries, bound) = (ctx.settings.retries, ctx.settings.lease / 2);
+    retry(
+        ctx.settings.backoff,
+        |e: &ServiceError, n| e.is_transient() && (n < retries || started.elapsed() < bound),
+        call,
+    )
+    .await
 }

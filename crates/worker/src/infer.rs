@@ -3,44 +3,65 @@
 //! If a whole batch fails, each image is retried alone, so one bad input fails
 //! only its own job.
 //!
+//! The thread is watched by the pipeline's supervisor: a panic in the model
+//! stops the worker (see [`crate::supervise`]).
+//!
 //! The loop runs *inside* a rayon pool of its own (the backend's parallel
 //! kernels use whichever pool they are called from). With one thread, every
 //! kernel runs inline on the loop's thread: no wake-ups, hand-offs or idle
 //! spinning between threads, which in the worker cost more CPU than the
 //! digits model itself. More threads parallelise each batch.
 
-use crate::metrics::Stage;
-use crate::pipeline::{Ctx, Job, Outcome, failure, result_for};
+use crate::ctx::Ctx;
+use crate::job::{Job, Outcome};
+use crate::metrics::{SharedMetrics, Stage};
 use scorefleet_core::error::{ErrorKind, JobError};
 use scorefleet_core::lease::Terminal;
-use scorefleet_core::result::{ResultStatus, Scored};
+use scorefleet_core::result::{ModelRef, ResultStatus, Scored};
 use scorefleet_core::traits::{Chw, Predictor};
-use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::mpsc;
 
-/// Starts the inference thread: `body` runs inside a rayon pool of `threads`
-/// threads (0: one per core), named `scorefleet-infer-N`.
-pub(crate) fn spawn<F>(threads: usize, body: F) -> std::io::Result<std::thread::JoinHandle<()>>
-where
-    F: FnOnce() + Send + 'static,
-{
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("scorefleet-infer-{i}"))
-        .build()
-        .map_err(std::io::Error::other)?;
-    std::thread::Builder::new().name("scorefleet-infer".into()).spawn(move || pool.install(body))
+/// What the inference loop needs besides the predictor.
+#[derive(Debug)]
+pub(crate) struct Scoring {
+    top_k: usize,
+    worker_id: String,
+    model: ModelRef,
+    metrics: SharedMetrics,
+}
+
+impl Scoring {
+    /// Taken from the pipeline's shared state.
+    pub(crate) fn new<Q, S, O, F, P>(ctx: &Ctx<Q, S, O, F, P>) -> Self {
+        Self {
+            top_k: ctx.settings.top_k,
+            worker_id: ctx.settings.worker_id.clone(),
+            model: ctx.model.clone(),
+            metrics: ctx.metrics.clone(),
+        }
+    }
+}
+
+/// The rayon pool the inference loop runs in: `threads` threads (0: one per
+/// core), named `scorefleet-infer-N`.
+pub(crate) fn pool(threads: usize) -> Result<rayon::ThreadPool, rayon::ThreadPoolBuildError> {
+    rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("scorefleet-infer-{i}")).build()
+}
+
+/// The inference thread's builder.
+pub(crate) fn thread() -> std::thread::Builder {
+    std::thread::Builder::new().name("scorefleet-infer".into())
 }
 
 /// The inference thread's loop: runs until the batcher's channel closes.
-pub(crate) fn run<Q, S, O, F, P, M: Predictor>(
-    ctx: Arc<Ctx<Q, S, O, F, P>>,
+pub(crate) fn run<M: Predictor>(
+    s: Scoring,
     mut predictor: M,
     mut rx: mpsc::Receiver<Vec<(Job, Chw)>>,
     record_tx: mpsc::Sender<Outcome>,
 ) {
-    let k = ctx.settings.top_k;
+    let k = s.top_k;
     while let Some(batch) = rx.blocking_recv() {
         let (jobs, inputs): (Vec<Job>, Vec<Chw>) = batch.into_iter().unzip();
         // One span per batch, naming its jobs and runs, so a job's log lines
@@ -49,8 +70,8 @@ pub(crate) fn run<Q, S, O, F, P, M: Predictor>(
         let _entered = span.enter();
         let started = Instant::now();
         let preds = predict(&mut predictor, &inputs, k);
-        ctx.metrics.observe(Stage::Infer, started.elapsed());
-        ctx.metrics.batch(jobs.len());
+        s.metrics.observe(Stage::Infer, started.elapsed());
+        s.metrics.batch(jobs.len());
         let preds: Vec<Result<Scored, JobError>> = match preds {
             Ok(rows) => rows.into_iter().map(Ok).collect(),
             Err(e) if inputs.len() > 1 => {
@@ -68,15 +89,15 @@ pub(crate) fn run<Q, S, O, F, P, M: Predictor>(
         for (job, pred) in jobs.into_iter().zip(preds) {
             let outcome = match pred {
                 Ok(scored) => {
-                    let mut result = result_for(&ctx, &job, ResultStatus::Ok);
-                    result.model = Some(ctx.model.clone());
+                    let mut result = job.result(&s.worker_id, ResultStatus::Ok);
+                    result.model = Some(s.model.clone());
                     result.top_k = scored.top_k;
                     result.dims = scored.embedding.as_ref().map(Vec::len);
                     result.embedding = scored.embedding;
                     result.outputs = scored.outputs;
                     Outcome { job, result, terminal: Terminal::Completed }
                 }
-                Err(e) => failure(&ctx, job, e),
+                Err(e) => job.failed(&s.worker_id, e),
             };
             if record_tx.blocking_send(outcome).is_err() {
                 return;

@@ -16,7 +16,11 @@
 //!                         ↑ lease keeps every claimed job alive ↑
 //! ```
 //!
-//! - [`pipeline`]: settings, ports, the channels between the stages, `run`.
+//! - [`pipeline`]: the wiring alone: the channels between the stages, `run`.
+//! - [`settings`], [`ctx`] (ports and shared state), `job` (the work items
+//!   that travel between the stages), `flow` (channel and batcher plumbing):
+//!   what the stages share; none of them imports a stage.
+//! - [`supervise`]: every task and thread watched; a fault stops the worker.
 //! - [`receive`]: N concurrent long polls.
 //! - [`dedup`]: parse and claim; Done → re-send and delete, Busy → leave.
 //! - [`fetch`]: job URL → bytes: S3 (bucket allowlist) and `http(s)` behind
@@ -29,23 +33,31 @@
 //! - [`lease`]: the in-flight registry and the lease keeper (SQS visibility
 //!   and DynamoDB lease extended together; a lost lease is abandoned).
 //! - [`shutdown`]: signals, drain limit, giving back unstarted work.
-//! - [`metrics`], [`http`]: Prometheus counters; `/healthz`, `/readyz`,
-//!   `/metrics`.
+//! - [`metrics`], [`probe`]: Prometheus counters; the probe server
+//!   (`/healthz`, `/readyz`, `/metrics`).
+//! - [`fault`]: faults injected on purpose by tests.
 #![warn(missing_docs)]
 
 pub mod batch;
+pub mod cli;
+pub mod ctx;
 pub mod decode;
 pub mod dedup;
 pub mod emit;
+pub mod fault;
 pub mod fetch;
-pub mod http;
+mod flow;
 pub mod infer;
+mod job;
 pub mod lease;
 pub mod metrics;
 pub mod pipeline;
+pub mod probe;
 pub mod receive;
 pub mod record;
+pub mod settings;
 pub mod shutdown;
+pub mod supervise;
 
 #[cfg(test)]
 mod tests;

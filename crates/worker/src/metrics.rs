@@ -28,7 +28,7 @@ pub enum Stage {
     Infer = 4,
     /// Fenced finish.
     Record = 5,
-    /// Receive to delete, per job.
+    /// Receive (the long poll that delivered the message) to delete, per job.
     EndToEnd = 6,
 }
 
@@ -53,6 +53,9 @@ pub struct Metrics {
     pub duplicates: AtomicU64,
     /// Jobs under another live lease: left alone.
     pub busy: AtomicU64,
+    /// Redeliveries of a message this worker still works on: the newer
+    /// receipt handle adopted, no second claim.
+    pub adopted: AtomicU64,
     /// Jobs scored.
     pub succeeded: AtomicU64,
     /// Jobs failed, by `ErrorKind::ALL` index.
@@ -136,6 +139,11 @@ impl Metrics {
             get(&self.duplicates),
         );
         counter("busy_skipped_total", "Jobs under another worker's live lease, left alone.", get(&self.busy));
+        counter(
+            "redeliveries_adopted_total",
+            "Redeliveries of a message in flight here: newer receipt handle adopted.",
+            get(&self.adopted),
+        );
         counter("jobs_succeeded_total", "Jobs scored.", get(&self.succeeded));
         counter("left_for_redrive_total", "Messages left to the queue's redrive policy.", get(&self.left_for_redrive));
         counter("inferences_total", "Images run through the model.", get(&self.inferences));

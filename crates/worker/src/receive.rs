@@ -2,25 +2,18 @@
 //! up to 20 s each), handed on in whole receive batches. A failing endpoint
 //! is retried with exponential backoff and jitter, reset by the next success.
 
-use crate::pipeline::{Ctx, backoff};
-use scorefleet_core::traits::{JobQueue, Received, now_ms};
+use crate::ctx::Ctx;
+use crate::job::Delivery;
+use crate::settings::Settings;
+use scorefleet_core::traits::{JobQueue, now_ms};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// One receive's messages and when they arrived.
-pub(crate) struct Delivery {
-    /// Epoch ms at which the receive answered: the start of the messages'
-    /// visibility timeout, as near as the worker can tell.
-    pub(crate) at_ms: u64,
-    /// What it answered.
-    pub(crate) msgs: Vec<Received>,
-}
-
 /// The most jobs a worker holds before it stops receiving (`--max-in-flight`,
 /// or four model batches and at least 40).
-pub(crate) fn in_flight_ceiling(s: &crate::pipeline::Settings) -> usize {
+pub(crate) fn in_flight_ceiling(s: &Settings) -> usize {
     if s.max_in_flight > 0 { s.max_in_flight } else { (4 * s.max_batch).max(40) }
 }
 
@@ -51,7 +44,7 @@ pub(crate) struct InFlightLimit {
 
 impl InFlightLimit {
     /// Starts at one model batch (within the floor and the ceiling).
-    pub(crate) fn new(s: &crate::pipeline::Settings, finished: u64, now: Instant) -> Self {
+    pub(crate) fn new(s: &Settings, finished: u64, now: Instant) -> Self {
         let ceiling = in_flight_ceiling(s);
         let floor = ceiling.min(10);
         Self {
@@ -91,12 +84,20 @@ pub(crate) async fn run<Q: JobQueue, S, O, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, t
         // channels' turn is one whose visibility must be extended, and when
         // claims or deletes stall (throttling, a network cut) hundreds of
         // held messages lapsed and came back as duplicate results.
-        while ctx.registry.len() + ctx.unclaimed.load(Ordering::Relaxed)
-            >= limit.update(ctx.metrics.results_sent.load(Ordering::Relaxed), Instant::now())
-        {
+        loop {
+            // Armed before the check, so a job leaving between the check and
+            // the wait still wakes it; the timeout lets the measured rate
+            // (and with it the limit) move while nothing leaves.
+            let left = ctx.registry.on_leave();
+            tokio::pin!(left);
+            left.as_mut().enable();
+            let now_limit = limit.update(ctx.metrics.results_sent.load(Ordering::Relaxed), Instant::now());
+            if ctx.registry.held() < now_limit {
+                break;
+            }
             tokio::select! {
                 _ = ctx.stop.cancelled() => return,
-                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                _ = tokio::time::timeout(RATE_SAMPLE, left) => {}
             }
         }
         let poll = ctx.ports.queue.receive(10, ctx.settings.wait);
@@ -112,7 +113,7 @@ pub(crate) async fn run<Q: JobQueue, S, O, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, t
                 if let Ok(msgs) = poll.await {
                     let entries: Vec<(String, Duration)> =
                         msgs.iter().map(|m| (m.receipt_handle.clone(), Duration::ZERO)).collect();
-                    crate::shutdown::give_back(&ctx, &entries).await;
+                    crate::lease::return_messages(&*ctx.ports.queue, &entries).await;
                 }
                 return;
             }
@@ -124,16 +125,21 @@ pub(crate) async fn run<Q: JobQueue, S, O, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, t
                     continue;
                 }
                 ctx.metrics.received.fetch_add(msgs.len() as u64, Ordering::Relaxed);
-                ctx.unclaimed.fetch_add(msgs.len(), Ordering::Relaxed);
+                ctx.registry.received(msgs.len());
                 // The messages' visibility runs from (about) now, not from
                 // when they are claimed: they may wait in the channel first.
-                if tx.send(Delivery { at_ms: now_ms(), msgs }).await.is_err() {
+                if let Err(unsent) = tx.send(Delivery { at_ms: now_ms(), msgs }).await {
+                    // The intake is gone (a fault): these were never claimed.
+                    let entries: Vec<(String, Duration)> =
+                        unsent.0.msgs.iter().map(|m| (m.receipt_handle.clone(), Duration::ZERO)).collect();
+                    crate::lease::return_messages(&*ctx.ports.queue, &entries).await;
+                    ctx.registry.through_claim(entries.len());
                     return;
                 }
             }
             Err(e) => {
                 // Backoff resets after a success; never hot-loop on a dead endpoint.
-                let wait = backoff(ctx.settings.backoff, failures);
+                let wait = ctx.settings.backoff.delay(failures);
                 failures = failures.saturating_add(1);
                 tracing::warn!(error = %e, retry_in = ?wait, "receive failed");
                 tokio::select! {

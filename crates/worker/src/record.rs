@@ -1,11 +1,20 @@
 //! Record: the fenced finish (COMPLETED/FAILED with the result body). A
 //! refused finish means the lease was lost: another worker owns the job and
 //! our result is dropped, never sent, never deleted.
+//!
+//! A failure of a retryable kind (`fetch_failed`, `internal`: see
+//! [`scorefleet_core::ErrorKind::retry`]) is never recorded as final: its
+//! claim is released and its message left for redelivery, so the queue's
+//! redrive policy decides when it is given up on (the DLQ).
 
+use crate::ctx::Ctx;
+use crate::flow::stream_from;
+use crate::job::{Emit, Outcome};
 use crate::metrics::Stage;
-use crate::pipeline::{Ctx, Emit, Outcome, backoff, stream_from};
+use scorefleet_aws::retry;
+use scorefleet_core::error::Retry;
 use scorefleet_core::lease::LeaseError;
-use scorefleet_core::traits::{OutcomeStore, now_ms};
+use scorefleet_core::traits::{JobQueue, OutcomeStore, ServiceError, now_ms};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -20,6 +29,7 @@ pub(crate) async fn run<Q, S, O, F, P>(
     rx: mpsc::Receiver<Outcome>,
     emit_tx: mpsc::Sender<Emit>,
 ) where
+    Q: JobQueue,
     O: OutcomeStore,
 {
     use futures::StreamExt;
@@ -34,48 +44,48 @@ pub(crate) async fn run<Q, S, O, F, P>(
     }
 }
 
-async fn record_one<Q, S, O: OutcomeStore, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, o: Outcome) -> Option<Emit> {
-    if !ctx.registry.contains(o.job.key) {
+async fn record_one<Q: JobQueue, S, O: OutcomeStore, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, o: Outcome) -> Option<Emit> {
+    let Outcome { job, result, terminal } = o;
+    if !job.held.is_ours() {
         // The keeper saw the lease lost: abandoned, never finished here.
-        tracing::debug!(job_id = %o.job.job_id, "lease lost before recording; outcome dropped");
+        tracing::debug!(job_id = %job.job_id, "lease lost before recording; outcome dropped");
+        job.held.settle();
         return None;
     }
-    let body = o.result.to_json();
+    if let Some(e) = result.error.as_ref().filter(|e| e.kind.retry() == Retry::Retryable) {
+        tracing::warn!(job_id = %job.job_id, kind = %e.kind, message = %e.message, "retryable failure; message left for redelivery");
+        ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
+        let delay = ctx.settings.backoff.delay(job.attempts);
+        job.hand_back(&*ctx.ports.queue, &*ctx.ports.store, delay).await;
+        return None;
+    }
+    let body = result.to_json();
     let started = Instant::now();
-    let mut attempt = 0;
-    loop {
-        match ctx.ports.store.finish(&o.job.job_id, &o.job.fence, o.terminal, &body, now_ms()).await {
-            Ok(Ok(())) => break,
-            // Only our own fence can have finished the record: our earlier
-            // try went through and its answer was lost (a dropped connection;
-            // the SDK's retry then met the finished record). The outcome
-            // stored is this one: send it, delete the message.
-            Ok(Err(LeaseError::AlreadyFinished)) => break,
-            Ok(Err(lost)) => {
-                // Someone took the job over: their outcome stands, ours is dropped.
-                tracing::warn!(job_id = %o.job.job_id, reason = %lost, "finish refused: lease lost");
-                ctx.metrics.leases_lost.fetch_add(1, Ordering::Relaxed);
-                if ctx.registry.remove(o.job.key).is_some() {
-                    ctx.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-                }
-                return None;
-            }
-            Err(e) if e.is_transient() && attempt < ctx.settings.retries => {
-                tokio::time::sleep(backoff(ctx.settings.backoff, attempt)).await;
-                attempt += 1;
-            }
-            Err(e) => {
-                tracing::warn!(job_id = %o.job.job_id, error = %e, "could not record the outcome; message left for redelivery");
-                ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
-                if ctx.registry.remove(o.job.key).is_some() {
-                    ctx.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-                }
-                return None;
-            }
+    let retries = ctx.settings.retries;
+    let finish = || ctx.ports.store.finish(&job.job_id, &job.fence, terminal, &body, now_ms());
+    match retry(ctx.settings.backoff, |e: &ServiceError, n| e.is_transient() && n < retries, finish).await {
+        Ok(Ok(())) => {}
+        // Only our own fence can have finished the record: our earlier
+        // try went through and its answer was lost (a dropped connection;
+        // the SDK's retry then met the finished record). The outcome
+        // stored is this one: send it, delete the message.
+        Ok(Err(LeaseError::AlreadyFinished)) => {}
+        Ok(Err(lost)) => {
+            // Someone took the job over: their outcome stands, ours is dropped.
+            tracing::warn!(job_id = %job.job_id, reason = %lost, "finish refused: lease lost");
+            ctx.metrics.leases_lost.fetch_add(1, Ordering::Relaxed);
+            job.held.settle();
+            return None;
+        }
+        Err(e) => {
+            tracing::warn!(job_id = %job.job_id, error = %e, "could not record the outcome; message left for redelivery");
+            ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
+            job.held.settle();
+            return None;
         }
     }
     ctx.metrics.observe(Stage::Record, started.elapsed());
-    match &o.result.error {
+    match &result.error {
         None => ctx.metrics.succeeded.fetch_add(1, Ordering::Relaxed),
         Some(e) => {
             ctx.metrics.failed(e.kind);
@@ -83,10 +93,10 @@ async fn record_one<Q, S, O: OutcomeStore, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, o
         }
     };
     Some(Emit::Finished {
-        key: o.job.key,
-        job_id: o.job.job_id.to_string(),
-        receipt: o.job.receipt,
+        held: job.held,
+        job_id: job.job_id.to_string(),
+        receipt: job.receipt,
         body,
-        received: o.job.received,
+        received_ms: job.received_ms,
     })
 }

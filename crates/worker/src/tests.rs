@@ -8,10 +8,13 @@
 //! Every wait is a condition polled with a generous bound, never a sleep
 //! whose length the test relies on.
 
+use crate::ctx::Ports;
 use crate::fetch::Fetcher;
 use crate::lease::Registry;
 use crate::metrics::{Metrics, SharedMetrics};
-use crate::pipeline::{DrainReport, Ports, Settings, run};
+use crate::pipeline::{DrainReport, run};
+use crate::settings::Settings;
+use scorefleet_aws::Backoff;
 use scorefleet_core::error::{ErrorKind, JobError};
 use scorefleet_core::job::{JobId, JobUrl};
 use scorefleet_core::lease::{self, ClaimOutcome, ClaimRequest, Fence, LeaseError, OutcomeRecord, Status, Terminal};
@@ -96,6 +99,11 @@ impl MemQueue {
         if let Some(m) = msgs.iter_mut().find(|m| m.id == id) {
             m.visible_at = Instant::now();
         }
+    }
+
+    /// Whether a message can be received right now.
+    fn visible(&self, id: &str) -> bool {
+        self.msgs.lock().expect("q").iter().any(|m| m.id == id && !m.deleted && m.visible_at <= Instant::now())
     }
 
     fn receives(&self, id: &str) -> u32 {
@@ -194,9 +202,10 @@ impl MemSink {
     }
 }
 
-/// The dedup table, changed only through the core's pure transitions.
+/// The dedup table, changed only through the core's pure transitions; each
+/// claim takes the second field's time (a slow table).
 #[derive(Debug, Default)]
-struct MemStore(Mutex<HashMap<JobId, OutcomeRecord>>);
+struct MemStore(Mutex<HashMap<JobId, OutcomeRecord>>, Duration);
 
 impl MemStore {
     fn get_now(&self, job: &str) -> Option<OutcomeRecord> {
@@ -226,6 +235,9 @@ impl OutcomeStore for MemStore {
         now_ms: u64,
         lease_ms: u64,
     ) -> Result<ClaimOutcome, ServiceError> {
+        if !self.1.is_zero() {
+            tokio::time::sleep(self.1).await;
+        }
         let mut m = self.0.lock().expect("store");
         let req = ClaimRequest { owner, run_id, now_ms, lease_ms, ttl_s: 86_400 };
         let (outcome, write) = lease::claim(m.get(job), &req);
@@ -302,6 +314,10 @@ struct ToyModel {
     inferences: Arc<AtomicU64>,
 }
 
+/// `digit:66` panics the model (a bug); `digit:77` fails with `internal`.
+const PANICS: f32 = 66.0;
+const INTERNAL: f32 = 77.0;
+
 impl Predictor for ToyModel {
     fn model(&self) -> &ModelRef {
         &self.model
@@ -309,6 +325,12 @@ impl Predictor for ToyModel {
     fn predict(&mut self, batch: &[Chw], _k: usize) -> Result<Vec<Vec<Prediction>>, JobError> {
         if batch.iter().any(|x| x.data[0].is_nan()) {
             return Err(JobError::new(ErrorKind::Inference, "NaN input"));
+        }
+        if batch.iter().any(|x| x.data[0] == PANICS) {
+            panic!("the toy model's bug");
+        }
+        if batch.iter().any(|x| x.data[0] == INTERNAL) {
+            return Err(JobError::new(ErrorKind::Internal, "the toy model's internal error"));
         }
         self.inferences.fetch_add(batch.len() as u64, Ordering::Relaxed);
         Ok(batch.iter().map(|x| vec![Prediction { label: format!("{}", x.data[0]), score: 1.0 }]).collect())
@@ -342,7 +364,7 @@ fn settings() -> Settings {
         top_k: 1,
         max_bytes: 1_000,
         retries: 2,
-        backoff: Duration::from_millis(10),
+        backoff: Backoff::new(Duration::from_millis(10), Duration::from_secs(1)),
         drain_timeout: Duration::from_secs(5),
     }
 }
@@ -385,6 +407,13 @@ fn start(
     Harness { queue, sink, store, fetcher, log, metrics, inferences, registry, stop, run }
 }
 
+/// One job whose fetch waits for a permit on the returned gate.
+fn one_held(id: &str, key: &str) -> (Harness, Arc<Semaphore>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let h = start(vec![job(id, key)], vec![(key, Ok("digit:1"))], MemStore::default(), Some(gate.clone()), settings());
+    (h, gate)
+}
+
 /// Waits until `cond` holds; fails the test if it never does.
 async fn until(what: &str, cond: impl Fn() -> bool) {
     let started = std::time::Instant::now();
@@ -398,10 +427,17 @@ async fn until(what: &str, cond: impl Fn() -> bool) {
 }
 
 impl Harness {
+    /// Cancels the pipeline and waits for its drain.
     async fn stop(self) -> (DrainReport, Harness) {
         self.stop.cancel();
+        self.joined(Duration::from_secs(60)).await
+    }
+
+    /// Waits at most `limit` for the pipeline to end (by itself, unless the
+    /// caller stopped it).
+    async fn joined(self, limit: Duration) -> (DrainReport, Harness) {
         let Harness { queue, sink, store, fetcher, log, metrics, inferences, registry, stop, run } = self;
-        let report = run.await.expect("pipeline task");
+        let report = tokio::time::timeout(limit, run).await.expect("the pipeline ends").expect("pipeline task");
         let done = tokio::spawn(async { DrainReport::default() });
         (report, Harness { queue, sink, store, fetcher, log, metrics, inferences, registry, stop, run: done })
     }
@@ -440,8 +476,94 @@ async fn one_bad_image_fails_only_its_own_job_and_results_precede_deletes() {
     }
     let ok = h.result("ok1").expect("ok1");
     assert_eq!((ok.status, ok.model.map(|m| m.name)), (ResultStatus::Ok, Some("toy".into())));
-    let (report, _) = h.stop().await;
+    let (report, h) = h.stop().await;
     assert!(report.drained);
+    assert_eq!(report.fault, None);
+    assert_eq!(h.metrics.in_flight.load(Ordering::Relaxed), 0, "every job's hold released");
+    assert!(h.registry.is_empty());
+    // The batch wait is measured, once per image that reached a batch.
+    let text = h.metrics.render(&scorefleet_aws::ApiCounters::new());
+    let batch_waits = text
+        .lines()
+        .find_map(|l| l.strip_prefix("scorefleet_stage_seconds_count{stage=\"batch\"} "))
+        .and_then(|n| n.parse::<u64>().ok());
+    assert_eq!(batch_waits, Some(3), "ok1, ok2 and poison waited in the batcher: {text}");
+}
+
+#[tokio::test]
+async fn latency_counts_from_the_receive_not_from_the_claim() {
+    let slow_table = MemStore(Mutex::default(), Duration::from_millis(300));
+    let h = start(vec![job("late", "a")], vec![("a", Ok("digit:1"))], slow_table, None, settings());
+    until("deleted", || h.queue.deleted("late")).await;
+    let latency = h.result("late").and_then(|r| r.latency_ms).expect("latency");
+    assert!(latency >= 300, "latency {latency} ms leaves out the 300 ms claim");
+    let _ = h.stop().await;
+}
+
+/// Waits for the pipeline to end on its own (no stop from the test).
+async fn ends_by_itself(h: Harness) -> (DrainReport, Harness) {
+    h.joined(Duration::from_secs(30)).await
+}
+
+#[tokio::test]
+async fn a_panic_in_the_model_stops_the_pipeline_with_a_fault_and_strands_no_job() {
+    // Batches of one, so the panicking job's batch holds nothing else; the
+    // slow ones are still being fetched when the model panics.
+    let gate = Arc::new(Semaphore::new(0));
+    let s = Settings { max_batch: 1, max_wait: Duration::ZERO, ..settings() };
+    let h = start(
+        vec![job("first", "a"), job("bug", "b"), job("slow1", "slow-1"), job("slow2", "slow-2")],
+        vec![("a", Ok("digit:1")), ("b", Ok("digit:66")), ("slow-1", Ok("digit:2")), ("slow-2", Ok("digit:3"))],
+        MemStore::default(),
+        Some(gate.clone()),
+        s,
+    );
+    let (report, h) = ends_by_itself(h).await;
+    let fault = report.fault.expect("a fault is reported");
+    assert_eq!(fault.part, "infer");
+    assert!(fault.reason.contains("the toy model's bug"), "{fault}");
+    assert!(h.stop.is_cancelled(), "the root token is cancelled: readiness turns false, receives stop");
+    // Every job not finished is back on the queue at once, its claim released.
+    for j in h.queue.undeleted() {
+        assert!(h.queue.visible(&j), "{j} returned with visibility 0");
+        assert!(h.result(&j).is_none(), "{j}: no result without a delete");
+        if let Some(rec) = h.store.get_now(&j) {
+            assert_eq!((rec.status, rec.lease_until_ms), (Status::InProgress, 0), "{j}: claim released");
+        }
+    }
+    assert!(h.queue.undeleted().contains(&"bug".to_owned()), "the job whose batch panicked is returned");
+    let mut ids: Vec<String> = h.sink.results().into_iter().map(|r| r.job_id).collect();
+    let n = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), n, "nothing scored twice");
+    assert!(h.registry.is_empty());
+    assert_eq!(h.metrics.in_flight.load(Ordering::Relaxed), 0, "every hold released, the dropped ones too");
+}
+
+#[tokio::test]
+async fn a_poisoned_registry_lock_stops_the_pipeline_with_a_fault() {
+    let (h, gate) = one_held("held", "slow-a");
+    until("claimed", || h.registry.len() == 1).await;
+    h.registry.poison();
+    // The next lock (any stage's) finds it poisoned.
+    let _ = h.registry.len();
+    gate.add_permits(10);
+    let (report, h) = ends_by_itself(h).await;
+    assert_eq!(report.fault.map(|f| f.part), Some("registry"));
+    assert!(h.stop.is_cancelled());
+}
+
+#[tokio::test]
+async fn an_internal_error_is_retryable_so_it_is_left_for_redelivery_not_recorded() {
+    let h = start(vec![job("int", "i")], vec![("i", Ok("digit:77"))], MemStore::default(), None, settings());
+    until("left for redelivery", || h.metrics.left_for_redrive.load(Ordering::Relaxed) >= 1).await;
+    let (_, h) = h.stop().await;
+    assert!(h.result("int").is_none(), "no final error result for a retryable kind");
+    assert!(!h.queue.deleted("int"));
+    let rec = h.store.get_now("int").expect("record");
+    assert_eq!((rec.status, rec.lease_until_ms), (Status::InProgress, 0), "claim released for the next try");
+    assert_eq!(h.metrics.in_flight.load(Ordering::Relaxed), 0);
 }
 
 #[tokio::test]
@@ -560,14 +682,7 @@ async fn transient_failures_retry_then_leave_the_message_and_release_the_claim()
 
 #[tokio::test]
 async fn a_job_whose_lease_was_taken_over_is_abandoned_not_finished() {
-    let gate = Arc::new(Semaphore::new(0));
-    let h = start(
-        vec![job("stolen", "slow-s")],
-        vec![("slow-s", Ok("digit:1"))],
-        MemStore::default(),
-        Some(gate.clone()),
-        settings(),
-    );
+    let (h, gate) = one_held("stolen", "slow-s");
     until("claimed", || h.store.get_now("stolen").is_some()).await;
     // Another worker takes the job over (as after a long stall of ours).
     let mut rec = h.store.get_now("stolen").expect("record");
@@ -745,14 +860,7 @@ fn the_in_flight_limit_follows_the_measured_rate_within_a_receive_and_the_ceilin
 
 #[tokio::test]
 async fn our_own_job_redelivered_after_our_lease_ran_out_is_adopted_not_scored_again() {
-    let gate = Arc::new(Semaphore::new(0));
-    let h = start(
-        vec![job("own", "slow-a")],
-        vec![("slow-a", Ok("digit:1"))],
-        MemStore::default(),
-        Some(gate.clone()),
-        settings(),
-    );
+    let (h, gate) = one_held("own", "slow-a");
     until("claimed and fetching", || h.fetcher.calls.load(Ordering::Relaxed) == 1).await;
     // The keeper's renewals failed: our lease ran out (it ends before the
     // visibility), then the visibility lapsed and the message came back.
@@ -761,7 +869,8 @@ async fn our_own_job_redelivered_after_our_lease_ran_out_is_adopted_not_scored_a
     h.store.put("own", rec.clone());
     h.queue.lapse("own");
     until("received again", || h.queue.receives("own") == 2).await;
-    until("seen as our own", || h.metrics.busy.load(Ordering::Relaxed) == 1).await;
+    until("seen as our own", || h.metrics.adopted.load(Ordering::Relaxed) == 1).await;
+    assert_eq!(h.metrics.busy.load(Ordering::Relaxed), 0, "an adoption is not a busy lease");
     assert_eq!(h.store.get_now("own").map(|r| r.attempt), Some(rec.attempt), "not taken over from ourselves");
     gate.add_permits(10);
     until("deleted with the newer handle", || h.queue.deleted("own")).await;

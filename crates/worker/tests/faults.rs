@@ -202,6 +202,9 @@ async fn at_least(f: &Fixture, seen: Vec<ResultMessage>, n: usize, within: Durat
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_injected_error_is_retried_by_the_sdk_and_classified_transient() {
+    if common::skip() {
+        return;
+    }
     use aws_sdk_sqs::config::retry::RetryConfig;
     let f = fixture("sdk", 1).await;
     // The project's adapters, through the proxy, with the SDK's standard
@@ -316,6 +319,9 @@ async fn every_injected_error_is_retried_by_the_sdk_and_classified_transient() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_on_every_request_slows_the_worker_but_loses_nothing() {
+    if common::skip() {
+        return;
+    }
     const N: usize = 40;
     let (f, w) = started("latency", N, Sdk::Retries, &[]).await;
     let rule = f.proxy.add(Rule::new(Match::any(), Fault::Delay(Duration::from_millis(300))));
@@ -336,6 +342,9 @@ async fn latency_on_every_request_slows_the_worker_but_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connection_resets_before_and_after_the_emulator_answers_lose_nothing() {
+    if common::skip() {
+        return;
+    }
     const N: usize = 40;
     let (f, w) = started("reset", N, Sdk::Retries, &[]).await;
     let window = Duration::from_secs(8);
@@ -366,6 +375,9 @@ async fn connection_resets_before_and_after_the_emulator_answers_lose_nothing() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_errors_on_dynamodb_and_s3_get_object_are_retried_with_backoff() {
+    if common::skip() {
+        return;
+    }
     const N: usize = 40;
     const FETCHERS: u64 = 4;
     let (f, w) = started("5xx", N, Sdk::NoRetries, &["--fetchers", &FETCHERS.to_string()]).await;
@@ -402,6 +414,9 @@ async fn server_errors_on_dynamodb_and_s3_get_object_are_retried_with_backoff() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throttling_on_dynamodb_sqs_and_s3_backs_off_and_loses_nothing() {
+    if common::skip() {
+        return;
+    }
     const N: usize = 40;
     const RECEIVERS: u64 = 2;
     let (f, w) = started("throttle", N, Sdk::NoRetries, &["--receivers", &RECEIVERS.to_string()]).await;
@@ -455,6 +470,9 @@ async fn throttling_on_dynamodb_sqs_and_s3_backs_off_and_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_workers_racing_for_jobs_enqueued_twice_score_each_job_once() {
+    if common::skip() {
+        return;
+    }
     const N: usize = 30;
     let f = fixture("race", N).await;
     // Claims are slowed down so that both copies of a job are claimed at
@@ -499,6 +517,9 @@ async fn two_workers_racing_for_jobs_enqueued_twice_score_each_job_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_network_cut_of_a_few_seconds_loses_nothing_and_the_worker_recovers() {
+    if common::skip() {
+        return;
+    }
     const N: usize = 60;
     let (f, w) = started("cut", N, Sdk::NoRetries, &[]).await;
     f.enqueue(&f.jobs).await;

@@ -1,7 +1,8 @@
 //! Workers serving ONNX models against the local AWS emulator: a classifier
 //! whose manifest and graph are objects in S3, an `embed` model, and models
 //! that cannot load (an unsupported operator, a checksum mismatch), which stop
-//! the worker before it ever reports ready. Run with `make test`.
+//! the worker before it ever reports ready. Run with `make test`; without an
+//! emulator they skip with one line.
 
 mod common;
 
@@ -41,6 +42,9 @@ async fn upload_model(s: &Stack, prefix: &str, manifest: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_onnx_classifier_from_s3_scores_every_job_with_its_graph_version() {
+    if common::skip() {
+        return;
+    }
     const N: usize = 60;
     let s = stack("onnx-s3", Duration::from_secs(30), 5).await;
     let manifest = std::fs::read_to_string(common::root().join("models/digits-onnx/manifest.json")).expect("manifest");
@@ -75,6 +79,9 @@ async fn an_onnx_classifier_from_s3_scores_every_job_with_its_graph_version() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embed_model_answers_each_job_with_a_unit_vector() {
+    if common::skip() {
+        return;
+    }
     const N: usize = 20;
     let s = stack("onnx-embed", Duration::from_secs(30), 5).await;
     let (bodies, _) = digit_jobs(&s, N).await;
@@ -118,6 +125,9 @@ async fn refused(s: &Stack, url: &str, id: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_model_that_cannot_load_stops_the_worker_before_it_is_ready() {
+    if common::skip() {
+        return;
+    }
     let s = stack("onnx-bad", Duration::from_secs(30), 5).await;
     // An operator the runner does not execute.
     let graph = std::fs::read(common::root().join("crates/model/tests/fixtures/unsupported_op.onnx")).expect("fixture");

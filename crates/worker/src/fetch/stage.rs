@@ -5,22 +5,25 @@
 //! jobs not yet fetched are not started: their claims are released and their
 //! messages returned at once.
 
+use crate::ctx::Ctx;
 use crate::fetch::Fetcher;
+use crate::flow::stream_from;
+use crate::job::{Decoded, Job, Outcome};
 use crate::metrics::Stage;
-use crate::pipeline::{Ctx, Job, Outcome, backoff, failure, stream_from};
+use scorefleet_aws::{Backoff, retry};
 use scorefleet_core::error::{ErrorKind, JobError, Retry};
-use scorefleet_core::traits::{Chw, JobQueue, OutcomeStore, Preprocessor};
+use scorefleet_core::traits::{JobQueue, OutcomeStore, Preprocessor};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
-/// Fetches and decodes up to `fetchers` jobs at once, in arrival order of
-/// completion.
+/// Fetches and decodes up to `fetchers` jobs at once, handing each on as it
+/// completes (completion order, not arrival order).
 pub(crate) async fn run<Q, S, O, F, P>(
     ctx: Arc<Ctx<Q, S, O, F, P>>,
     rx: mpsc::Receiver<Job>,
-    batch_tx: mpsc::Sender<(Job, Chw)>,
+    batch_tx: mpsc::Sender<Decoded>,
     record_tx: mpsc::Sender<Outcome>,
 ) where
     Q: JobQueue,
@@ -29,12 +32,11 @@ pub(crate) async fn run<Q, S, O, F, P>(
     P: Preprocessor,
 {
     use futures::StreamExt;
-    let mut work = std::pin::pin!(
-        stream_from(rx).map(|job| fetch_one(ctx.clone(), job)).buffer_unordered(ctx.settings.fetchers.max(1))
-    );
+    let mut work =
+        std::pin::pin!(stream_from(rx).map(|job| fetch_one(ctx.clone(), job)).buffer_unordered(ctx.settings.fetchers));
     while let Some(done) = work.next().await {
         let ok = match done {
-            Fetched::Ready(job, chw) => batch_tx.send((job, chw)).await.is_ok(),
+            Fetched::Ready(d) => batch_tx.send(d).await.is_ok(),
             Fetched::Failed(o) => record_tx.send(o).await.is_ok(),
             Fetched::Dropped => true,
         };
@@ -47,7 +49,7 @@ pub(crate) async fn run<Q, S, O, F, P>(
 // Moved once per job, never stored in bulk: boxing would only add allocations.
 #[allow(clippy::large_enum_variant)]
 enum Fetched {
-    Ready(Job, Chw),
+    Ready(Decoded),
     Failed(Outcome),
     /// Given back (shutdown, retries spent) or lost: nothing more to do here.
     Dropped,
@@ -63,57 +65,54 @@ where
     if ctx.stop.is_cancelled() {
         // Not started before shutdown: give it back now rather than hold it
         // through the drain.
-        give_back(&ctx, job, Duration::ZERO).await;
+        job.hand_back(&*ctx.ports.queue, &*ctx.ports.store, Duration::ZERO).await;
         return Fetched::Dropped;
     }
-    if !ctx.registry.contains(job.key) {
+    if !job.held.is_ours() {
         // Lease lost while queued: the new owner does the work.
+        job.held.settle();
         return Fetched::Dropped;
     }
     let Some(url) = job.parsed.as_ref().map(|j| j.url.clone()) else {
+        // Dedup sends a job without a parsed URL to record, never here.
         let e = JobError::new(ErrorKind::Internal, "job without a parsed url reached fetch");
-        return Fetched::Failed(failure(&ctx, job, e));
+        tracing::warn!(job_id = %job.job_id, error = %e, "message left for redelivery");
+        ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
+        job.hand_back(&*ctx.ports.queue, &*ctx.ports.store, Duration::ZERO).await;
+        return Fetched::Dropped;
     };
     let started = Instant::now();
-    let mut attempt = 0;
-    let bytes = loop {
-        match ctx.ports.fetcher.fetch(&url, ctx.settings.max_bytes).await {
-            Ok(b) => break b,
-            Err(e) if e.retry() == Retry::Retryable && attempt < ctx.settings.retries => {
-                tracing::debug!(job_id = %job.job_id, error = %e, attempt, "fetch failed; retrying");
-                tokio::time::sleep(backoff(ctx.settings.backoff, attempt)).await;
-                attempt += 1;
+    let retries = ctx.settings.retries;
+    let fetched = retry(
+        ctx.settings.backoff,
+        |e: &JobError, n| {
+            let again = e.retry() == Retry::Retryable && n < retries;
+            if again {
+                tracing::debug!(job_id = %job.job_id, error = %e, attempt = n, "fetch failed; retrying");
             }
-            Err(e) if e.retry() == Retry::Retryable => {
-                // Retries spent: leave the message (no result, no delete) so
-                // the queue's redrive policy moves it to the DLQ if this keeps
-                // happening; come back after a backoff, not at once.
-                tracing::warn!(job_id = %job.job_id, error = %e, "transient failure persists; message left for redelivery");
-                ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
-                let delay = backoff(ctx.settings.backoff * 10, job.attempts);
-                give_back(&ctx, job, delay).await;
-                return Fetched::Dropped;
-            }
-            Err(e) => return Fetched::Failed(failure(&ctx, job, e)),
+            again
+        },
+        || ctx.ports.fetcher.fetch(&url, ctx.settings.max_bytes),
+    )
+    .await;
+    let bytes = match fetched {
+        Ok(b) => b,
+        Err(e) if e.retry() == Retry::Retryable => {
+            // Retries spent: leave the message (no result, no delete) so
+            // the queue's redrive policy moves it to the DLQ if this keeps
+            // happening; come back after a backoff, not at once.
+            tracing::warn!(job_id = %job.job_id, error = %e, "transient failure persists; message left for redelivery");
+            ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
+            let b = ctx.settings.backoff;
+            let delay = Backoff { base: b.base * 10, ..b }.delay(job.attempts);
+            job.hand_back(&*ctx.ports.queue, &*ctx.ports.store, delay).await;
+            return Fetched::Dropped;
         }
+        Err(e) => return Fetched::Failed(job.failed(&ctx.settings.worker_id, e)),
     };
     ctx.metrics.observe(Stage::Fetch, started.elapsed());
-    match crate::decode::decode(&ctx, bytes).await {
-        Ok(chw) => Fetched::Ready(job, chw),
-        Err(e) => Fetched::Failed(failure(&ctx, job, e)),
+    match crate::decode::decode(&ctx.ports.preprocessor, &ctx.metrics, bytes).await {
+        Ok(chw) => Fetched::Ready(Decoded { job, chw, ready: Instant::now() }),
+        Err(e) => Fetched::Failed(job.failed(&ctx.settings.worker_id, e)),
     }
-}
-
-/// Releases the claim and makes the message visible after `delay`.
-async fn give_back<Q: JobQueue, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, job: Job, delay: Duration) {
-    let receipt = match ctx.registry.remove(job.key) {
-        Some(inflight) => {
-            ctx.metrics.in_flight.fetch_sub(1, Ordering::Relaxed);
-            inflight.receipt
-        }
-        // Lost meanwhile: not ours to give back.
-        None => return,
-    };
-    crate::shutdown::release_claim(ctx, &job.job_id, &job.fence).await;
-    crate::shutdown::give_back(ctx, &[(receipt, delay)]).await;
 }

@@ -1,4 +1,5 @@
-//! `/healthz`, `/readyz` and `/metrics` over HTTP/1.1 (hyper).
+//! The probe server: `/healthz`, `/readyz` and `/metrics` over HTTP/1.1
+//! (hyper).
 //!
 //! - `/healthz`: the process is alive (always 200 while it serves).
 //! - `/readyz`: 200 once the model is loaded and the queues answered, until
