@@ -31,7 +31,7 @@ bins:
 test: validate-deploy nextest
 	$(CARGO) test --workspace --doc
 	$(CARGO) nextest run --workspace --no-run
-	scripts/with-stack.sh $(CARGO) nextest run --workspace --no-fail-fast
+	SCOREFLEET_REQUIRE_EMULATOR=1 scripts/with-stack.sh $(CARGO) nextest run --workspace --no-fail-fast
 
 # Everything else (venv, emulator, queues, table, bucket, archive) is set up
 # by the scripts.

@@ -182,7 +182,7 @@ def run(args, bins, urls_for, name, chaos):
     urls = urls_for(env)
     ids = enqueue(bins, env, args.out, name, args.jobs, urls)
     proxy = CutProxy(os.environ["AWS_ENDPOINT_URL"]) if chaos else None
-    worker_args = ["--lease-seconds", str(args.lease), "--drain-timeout", "10", "--wait-seconds", "2"]
+    worker_args = ["--lease-seconds", str(args.lease), "--drain-timeout-seconds", "10", "--wait-seconds", "2"]
     serial = iter(range(1, 1_000_000))
 
     def spawn():

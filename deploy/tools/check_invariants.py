@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Cross-file invariants no schema can express. usage: check_invariants.py RENDERED_K8S.yaml...
 
-- compose worker: stop_grace_period > SCOREFLEET_DRAIN_TIMEOUT
+- compose worker: stop_grace_period > SCOREFLEET_DRAIN_TIMEOUT_SECONDS
 - k8s worker: terminationGracePeriodSeconds > preStop sleep + drain timeout
 - KEDA: queueLength == SCOREFLEET_MAX_BATCH x 2 (batches in flight per pod),
   scaleOnInFlight "true", only known aws-sqs-queue metadata keys (the CRD
@@ -20,7 +20,7 @@ import yaml
 
 CONTRACT = {
     "SCOREFLEET_INPUT_QUEUE_URL", "SCOREFLEET_OUTPUT_QUEUE_URL", "SCOREFLEET_TABLE", "SCOREFLEET_MODEL",
-    "SCOREFLEET_MODEL_WEIGHTS", "SCOREFLEET_DRAIN_TIMEOUT", "SCOREFLEET_MAX_BATCH", "SCOREFLEET_RECEIVERS",
+    "SCOREFLEET_MODEL_WEIGHTS", "SCOREFLEET_DRAIN_TIMEOUT_SECONDS", "SCOREFLEET_MAX_BATCH", "SCOREFLEET_RECEIVERS",
     "SCOREFLEET_HTTP_ADDR", "SCOREFLEET_LOG_FORMAT", "SCOREFLEET_S3_PATH_STYLE", "SCOREFLEET_S3_PREFIX",
     # crates/worker/src/main.rs (worker engineer, in progress)
     "SCOREFLEET_MODEL_MANIFEST", "SCOREFLEET_MODEL_CACHE", "SCOREFLEET_LEASE_SECONDS", "SCOREFLEET_WORKER_ID",
@@ -72,7 +72,7 @@ def main():
     compose = yaml.safe_load(open("docker-compose.yml"))
     w = compose["services"]["worker"]
     env = w["environment"]
-    drain = int(env["SCOREFLEET_DRAIN_TIMEOUT"])
+    drain = int(env["SCOREFLEET_DRAIN_TIMEOUT_SECONDS"])
     leases = [int(env["SCOREFLEET_LEASE_SECONDS"])]
     init_cmd = compose["services"]["init"]["command"]
     leases.append(int(init_cmd[init_cmd.index("--visibility-timeout") + 1]))
@@ -94,7 +94,7 @@ def main():
         cm = by_kind["ConfigMap"][0]["data"]
         cm_names = {k for k in cm if k.startswith("SCOREFLEET_")}
         check(cm_names <= CONTRACT, f"{path}: ConfigMap names in the contract {sorted(cm_names - CONTRACT) or ''}")
-        drain, batch = int(cm["SCOREFLEET_DRAIN_TIMEOUT"]), int(cm["SCOREFLEET_MAX_BATCH"])
+        drain, batch = int(cm["SCOREFLEET_DRAIN_TIMEOUT_SECONDS"]), int(cm["SCOREFLEET_MAX_BATCH"])
         leases.append(int(cm["SCOREFLEET_LEASE_SECONDS"]))
         pod = by_kind["Deployment"][0]["spec"]["template"]["spec"]
         pre = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
