@@ -52,7 +52,11 @@ async fn an_onnx_classifier_from_s3_scores_every_job_with_its_graph_version() {
     let (bodies, want) = digit_jobs(&s, N).await;
     s.enqueue(&bodies).await;
     let cache = std::env::temp_dir().join(unique("onnx-cache"));
-    let w = spawn_worker(&s, "w-onnx", &["--model-manifest", &url, "--model-cache", &cache.display().to_string()]);
+    let w = spawn_worker(
+        &s,
+        "w-onnx",
+        &["--lease-seconds", "30", "--model-manifest", &url, "--model-cache", &cache.display().to_string()],
+    );
     let results = s.results(N, Duration::from_secs(180)).await;
     let distinct: HashSet<&str> = results.iter().map(|r| r.job_id.as_str()).collect();
     assert_eq!(distinct.len(), N);
@@ -86,7 +90,11 @@ async fn an_embed_model_answers_each_job_with_a_unit_vector() {
     let s = stack("onnx-embed", Duration::from_secs(30), 5).await;
     let (bodies, _) = digit_jobs(&s, N).await;
     s.enqueue(&bodies).await;
-    let _w = spawn_worker(&s, "w-embed", &["--model-manifest", "models/digits-embed/manifest.json"]);
+    let _w = spawn_worker(
+        &s,
+        "w-embed",
+        &["--lease-seconds", "30", "--model-manifest", "models/digits-embed/manifest.json"],
+    );
     let results = s.results(N, Duration::from_secs(180)).await;
     assert_eq!(results.iter().map(|r| r.job_id.as_str()).collect::<HashSet<_>>().len(), N);
     let version = graph_version();
