@@ -13,8 +13,9 @@
 use burn::prelude::*;
 use burn::tensor::{Bool, DType, Int, TensorData};
 
-/// The rank every value is stored at: ONNX image models use up to 6.
-pub const R: usize = 8;
+/// The rank every value is stored at: ONNX image models use up to 6, and
+/// burn-ndarray takes no more.
+pub const R: usize = 6;
 
 /// A tensor of one of the three kinds ONNX graphs compute with. Floats are
 /// f32, integers burn's `Int` (shapes, indices), booleans masks.
