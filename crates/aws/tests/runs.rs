@@ -22,6 +22,9 @@ async fn claim(store: &DynamoOutcomeStore, id: &JobId, run: &str, owner: &str, n
 
 #[tokio::test]
 async fn provision_creates_the_run_index_with_a_small_projection() {
+    if common::skip() {
+        return;
+    }
     let cfg = config().await;
     let table = common::table(&cfg, "runindex").await;
     assert!(has_run_index(&cfg.dynamodb(), &table, &counters()).await.expect("describe"));
@@ -42,6 +45,9 @@ async fn provision_creates_the_run_index_with_a_small_projection() {
 
 #[tokio::test]
 async fn run_status_counts_each_job_once_and_only_its_own_run() {
+    if common::skip() {
+        return;
+    }
     let cfg = config().await;
     let c = counters();
     let table = common::table(&cfg, "runstatus").await;
@@ -119,6 +125,9 @@ async fn run_status_counts_each_job_once_and_only_its_own_run() {
 
 #[tokio::test]
 async fn record_enqueued_never_lowers_or_doubles_the_total() {
+    if common::skip() {
+        return;
+    }
     let cfg = config().await;
     let table = common::table(&cfg, "runtotal").await;
     let store = DynamoOutcomeStore::new(cfg.dynamodb(), &table, counters());
@@ -144,6 +153,9 @@ async fn record_enqueued_never_lowers_or_doubles_the_total() {
 
 #[tokio::test]
 async fn a_table_without_the_run_index_fails_status_naming_the_index() {
+    if common::skip() {
+        return;
+    }
     use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
     let cfg = config().await;
     let ddb = cfg.dynamodb();
@@ -175,6 +187,9 @@ async fn a_table_without_the_run_index_fails_status_naming_the_index() {
 
 #[tokio::test]
 async fn run_status_reads_every_page() {
+    if common::skip() {
+        return;
+    }
     let cfg = config().await;
     let c = counters();
     let table = common::table(&cfg, "runpages").await;

@@ -10,6 +10,9 @@ use scorefleet_core::traits::ObjectStore;
 
 #[tokio::test]
 async fn list_walks_every_page_past_one_thousand_keys() {
+    if common::skip() {
+        return;
+    }
     let cfg = config().await;
     let c = counters();
     let bucket = common::bucket(&cfg, "list").await;
@@ -46,6 +49,9 @@ async fn list_walks_every_page_past_one_thousand_keys() {
 
 #[tokio::test]
 async fn get_enforces_the_byte_cap_and_types_its_failures() {
+    if common::skip() {
+        return;
+    }
     let cfg = config().await;
     let bucket = common::bucket(&cfg, "cap").await;
     let store = S3Store::new(cfg.s3(), counters());

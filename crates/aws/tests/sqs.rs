@@ -13,6 +13,9 @@ const WAIT: Duration = Duration::from_secs(15);
 
 #[tokio::test]
 async fn send_and_receive_more_than_ten_bodies_in_batches_of_ten() {
+    if common::skip() {
+        return;
+    }
     let cfg = config().await;
     let c = counters();
     let q = common::queue(&cfg, "roundtrip", Duration::from_secs(60), &c).await;
@@ -37,6 +40,9 @@ async fn send_and_receive_more_than_ten_bodies_in_batches_of_ten() {
 
 #[tokio::test]
 async fn delete_reports_exactly_the_invalid_entry_and_deletes_the_rest() {
+    if common::skip() {
+        return;
+    }
     let cfg = config().await;
     let c = counters();
     let q = common::queue(&cfg, "delfail", Duration::from_secs(60), &c).await;
@@ -61,6 +67,9 @@ async fn delete_reports_exactly_the_invalid_entry_and_deletes_the_rest() {
 
 #[tokio::test]
 async fn change_visibility_reports_exactly_the_invalid_entry() {
+    if common::skip() {
+        return;
+    }
     let cfg = config().await;
     let c = counters();
     let q = common::queue(&cfg, "visfail", Duration::from_secs(60), &c).await;
@@ -85,6 +94,9 @@ async fn change_visibility_reports_exactly_the_invalid_entry() {
 
 #[tokio::test]
 async fn visibility_zero_returns_a_message_at_once_and_an_extension_keeps_it_hidden() {
+    if common::skip() {
+        return;
+    }
     let cfg = config().await;
     let c = counters();
     // A short default visibility, so only the extension can explain a
@@ -125,6 +137,9 @@ async fn visibility_zero_returns_a_message_at_once_and_an_extension_keeps_it_hid
 
 #[tokio::test]
 async fn a_message_that_keeps_failing_reaches_the_dlq_after_max_receive_count() {
+    if common::skip() {
+        return;
+    }
     let cfg = config().await;
     let c = counters();
     let mut spec = StackSpec::named(&common::unique("dlq"));
@@ -169,6 +184,9 @@ async fn a_message_that_keeps_failing_reaches_the_dlq_after_max_receive_count() 
 
 #[tokio::test]
 async fn a_fifo_output_queue_delivers_one_copy_of_a_result_sent_twice_with_its_key() {
+    if common::skip() {
+        return;
+    }
     let cfg = config().await;
     let c = counters();
     let name = format!("{}.fifo", common::unique("fifoout"));

@@ -42,6 +42,9 @@ async fn job_ids(q: &SqsQueue, n: usize) -> BTreeSet<String> {
 
 #[tokio::test]
 async fn s3_prefix_source_lists_past_one_page_and_filters() {
+    if common::skip() {
+        return;
+    }
     let cfg = common::config().await;
     let bucket = common::bucket(&cfg, "prodlist").await;
     let store = Arc::new(S3Store::new(cfg.s3(), Arc::new(ApiCounters::new())));
@@ -103,6 +106,9 @@ async fn s3_prefix_source_lists_past_one_page_and_filters() {
 
 #[tokio::test]
 async fn manifest_with_bad_lines_enqueues_the_good_ones_and_reruns_are_idempotent() {
+    if common::skip() {
+        return;
+    }
     let cfg = common::config().await;
     let counters = common::counters();
     let q = common::queue(&cfg, "prodcsv", Duration::from_secs(30), &counters).await;
@@ -151,6 +157,9 @@ async fn manifest_with_bad_lines_enqueues_the_good_ones_and_reruns_are_idempoten
 
 #[tokio::test]
 async fn stdin_jsonl_passes_job_ids_and_attrs_through() {
+    if common::skip() {
+        return;
+    }
     let cfg = common::config().await;
     let counters = common::counters();
     let q = common::queue(&cfg, "prodstdin", Duration::from_secs(30), &counters).await;
@@ -174,6 +183,9 @@ async fn stdin_jsonl_passes_job_ids_and_attrs_through() {
 
 #[tokio::test]
 async fn collect_drops_duplicates_loses_nothing_and_report_counts_them() {
+    if common::skip() {
+        return;
+    }
     let cfg = common::config().await;
     let counters = common::counters();
     let q = common::queue(&cfg, "prodcollect", Duration::from_secs(30), &counters).await;
@@ -224,6 +236,9 @@ async fn collect_drops_duplicates_loses_nothing_and_report_counts_them() {
 
 #[tokio::test]
 async fn report_inlines_thumbnails_fetched_from_s3() {
+    if common::skip() {
+        return;
+    }
     let cfg = common::config().await;
     let bucket = common::bucket(&cfg, "prodthumbs").await;
     let store = S3Store::new(cfg.s3(), common::counters());
@@ -286,6 +301,9 @@ async fn report_inlines_thumbnails_fetched_from_s3() {
 
 #[tokio::test]
 async fn init_provisions_idempotently_with_a_dead_letter_queue() {
+    if common::skip() {
+        return;
+    }
     let cfg = common::config().await;
     let prefix = common::unique("init");
     let run = || {
@@ -314,6 +332,9 @@ async fn init_provisions_idempotently_with_a_dead_letter_queue() {
 
 #[tokio::test]
 async fn status_counts_a_run_from_the_table_as_json_and_text() {
+    if common::skip() {
+        return;
+    }
     use scorefleet_core::lease::{ClaimOutcome, Terminal};
     use scorefleet_core::traits::{OutcomeStore, now_ms};
     let cfg = common::config().await;

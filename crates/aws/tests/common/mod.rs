@@ -14,6 +14,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
+mod skip;
+pub use skip::skip;
+
 /// Configuration for a test, or a failure that says how to get one: these
 /// tests must never pass by skipping.
 pub async fn config() -> AwsConfig {

@@ -16,28 +16,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-/// Whether this emulator test must be skipped: no emulator is configured
-/// (`AWS_ENDPOINT_URL` unset), so plain `cargo test` passes the pure tests.
-/// The suite says so once, on stderr, with how to run it. With
-/// `SCOREFLEET_REQUIRE_EMULATOR` set (CI, `make test`) a missing emulator is
-/// a failure instead: these tests must never pass there by skipping.
-pub fn skip() -> bool {
-    if std::env::var("AWS_ENDPOINT_URL").is_ok_and(|u| !u.is_empty()) {
-        return false;
-    }
-    let how = "the worker's emulator tests need the local AWS emulator: run `make test` \
-               (or `scripts/with-stack.sh cargo test -p scorefleet-worker`)";
-    if std::env::var_os("SCOREFLEET_REQUIRE_EMULATOR").is_some() {
-        panic!("AWS_ENDPOINT_URL is not set and SCOREFLEET_REQUIRE_EMULATOR is: {how}");
-    }
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        use std::io::Write as _;
-        // Straight to stderr: the test harness captures `eprintln!`.
-        let _ = writeln!(std::io::stderr(), "skipped {}: {how}", env!("CARGO_CRATE_NAME"));
-    });
-    true
-}
+#[path = "../../../aws/tests/common/skip.rs"]
+mod skip_impl;
+pub use skip_impl::skip;
 
 /// The emulator's configuration (call [`skip`] first).
 pub async fn config() -> AwsConfig {
