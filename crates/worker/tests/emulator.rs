@@ -5,37 +5,13 @@
 
 mod common;
 
-use common::{Stack, digits, offline_labels, spawn_worker, stack};
+use common::{digit_jobs, digits, spawn_worker, stack};
 use scorefleet_core::ErrorKind;
-use scorefleet_core::job::JobId;
 use scorefleet_core::lease::Status;
 use scorefleet_core::result::ResultStatus;
 use scorefleet_core::traits::JobQueue;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
-
-/// Uploads `n` digits and returns their jobs' ids, bodies and the model's
-/// offline label for each.
-async fn digit_jobs(s: &Stack, n: usize) -> (Vec<JobId>, Vec<String>, HashMap<String, String>) {
-    let pngs = digits(n);
-    let labels = offline_labels(&pngs).await;
-    let mut ids = Vec::new();
-    let mut bodies = Vec::new();
-    let mut want = HashMap::new();
-    let uploads = pngs.into_iter().enumerate().map(|(i, png)| async move {
-        let key = format!("digits/{i:05}.png");
-        s.put(&key, png).await;
-        key
-    });
-    let keys = futures::future::join_all(uploads).await;
-    for (key, label) in keys.iter().zip(labels) {
-        let job = s.job(key);
-        want.insert(job.job_id.to_string(), label);
-        ids.push(job.job_id.clone());
-        bodies.push(job.to_json());
-    }
-    (ids, bodies, want)
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn end_to_end_two_workers_score_every_job_once_as_the_model_does() {

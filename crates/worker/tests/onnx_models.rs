@@ -6,26 +6,10 @@
 
 mod common;
 
-use common::{Stack, digits, offline_labels, spawn_worker, stack, unique};
+use common::{Stack, digit_jobs, spawn_worker, stack, unique};
 use scorefleet_core::result::ResultStatus;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::time::Duration;
-
-/// Uploads `n` digits; their job bodies and each job's offline label.
-async fn digit_jobs(s: &Stack, n: usize) -> (Vec<String>, HashMap<String, String>) {
-    let pngs = digits(n);
-    let labels = offline_labels(&pngs).await;
-    let mut bodies = Vec::new();
-    let mut want = HashMap::new();
-    for (i, (png, label)) in pngs.into_iter().zip(labels).enumerate() {
-        let key = format!("onnx-digits/{i:04}.png");
-        s.put(&key, png).await;
-        let job = s.job(&key);
-        want.insert(job.job_id.to_string(), label);
-        bodies.push(job.to_json());
-    }
-    (bodies, want)
-}
 
 fn graph_version() -> String {
     let bytes = std::fs::read(common::root().join("models/digits-onnx/digits.onnx")).expect("graph");
@@ -49,7 +33,7 @@ async fn an_onnx_classifier_from_s3_scores_every_job_with_its_graph_version() {
     let s = stack("onnx-s3", Duration::from_secs(30), 5).await;
     let manifest = std::fs::read_to_string(common::root().join("models/digits-onnx/manifest.json")).expect("manifest");
     let url = upload_model(&s, "models/digits-onnx", &manifest).await;
-    let (bodies, want) = digit_jobs(&s, N).await;
+    let (_, bodies, want) = digit_jobs(&s, N).await;
     s.enqueue(&bodies).await;
     let cache = std::env::temp_dir().join(unique("onnx-cache"));
     let w = spawn_worker(
@@ -88,7 +72,7 @@ async fn an_embed_model_answers_each_job_with_a_unit_vector() {
     }
     const N: usize = 20;
     let s = stack("onnx-embed", Duration::from_secs(30), 5).await;
-    let (bodies, _) = digit_jobs(&s, N).await;
+    let (_, bodies, _) = digit_jobs(&s, N).await;
     s.enqueue(&bodies).await;
     let _w = spawn_worker(
         &s,

@@ -304,3 +304,26 @@ impl Drop for Worker {
         let _ = self.child.wait();
     }
 }
+
+/// Uploads `n` digits and returns their jobs' ids, bodies and the model's
+/// offline label for each.
+pub async fn digit_jobs(s: &Stack, n: usize) -> (Vec<JobId>, Vec<String>, HashMap<String, String>) {
+    let pngs = digits(n);
+    let labels = offline_labels(&pngs).await;
+    let mut ids = Vec::new();
+    let mut bodies = Vec::new();
+    let mut want = HashMap::new();
+    let uploads = pngs.into_iter().enumerate().map(|(i, png)| async move {
+        let key = format!("digits/{i:05}.png");
+        s.put(&key, png).await;
+        key
+    });
+    let keys = futures::future::join_all(uploads).await;
+    for (key, label) in keys.iter().zip(labels) {
+        let job = s.job(key);
+        want.insert(job.job_id.to_string(), label);
+        ids.push(job.job_id.clone());
+        bodies.push(job.to_json());
+    }
+    (ids, bodies, want)
+}
