@@ -110,9 +110,8 @@ pub fn supported(node: &Node) -> Result<(), String> {
 fn extra_checks(node: &Node) -> Res<()> {
     match node {
         Node::Resize(n) => {
-            use onnx_ir::node::resize::{CoordinateTransformMode as C, NearestMode, ResizeMode};
+            use onnx_ir::node::resize::CoordinateTransformMode as C;
             let c = &n.config;
-            let _ = (ResizeMode::Nearest, NearestMode::Floor);
             if matches!(c.coordinate_transformation_mode, C::TfCropAndResize) || c.antialias != 0 {
                 return Err(format!(
                     "Resize with coordinate_transformation_mode {:?}, antialias {}",
@@ -903,7 +902,6 @@ pub fn run(node: &Node, mut inp: Inputs, opset: usize, device: &Device) -> Res<V
                 ConstantOfShapeShape::Static(v) => v.iter().map(|&d| d as usize).collect(),
                 ConstantOfShapeShape::Runtime(r) => inp.ints(r)?.into_iter().map(|d| d as usize).collect(),
             };
-            let count: usize = shape.iter().product();
             let value = match &n.config.value {
                 Some(td) => Value::from_tensor_data(td, device)?,
                 None => Value::floats(vec![0.0], vec![1], device)?,
@@ -914,7 +912,6 @@ pub fn run(node: &Node, mut inp: Inputs, opset: usize, device: &Device) -> Res<V
                 Data::I(_) => Data::I(Tensor::<R, Int>::full(dims, value.to_i64s()?[0], device)),
                 Data::B(_) => Data::B(Tensor::<R, Int>::full(dims, value.to_i64s()?[0], device).equal_elem(1)),
             };
-            let _ = count;
             one(Value { data, shape })
         }
         N::Expand(n) => {
