@@ -235,16 +235,29 @@ impl Manifest {
         source: &str,
         read_labels: impl FnOnce(&str) -> Result<String, ModelError>,
     ) -> Result<Self, ModelError> {
-        let bad = |m: String| ModelError::Manifest { path: source.to_string(), message: m };
-        let mut m: Manifest = serde_json::from_str(text).map_err(|e| bad(e.to_string()))?;
-        if m.labels.is_empty()
-            && let Some(file) = &m.labels_file
-        {
-            let text = read_labels(file)?;
-            m.labels = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
+        let m = Self::from_json(text, source)?;
+        let labels = m.labels_to_read().map(read_labels).transpose()?;
+        m.finish(labels.as_deref(), source)
+    }
+
+    /// The manifest as `text` states it: `labels_file` not read, nothing checked.
+    pub fn from_json(text: &str, source: &str) -> Result<Self, ModelError> {
+        serde_json::from_str(text)
+            .map_err(|e| ModelError::Manifest { path: source.to_string(), message: e.to_string() })
+    }
+
+    /// The `labels_file` to read, when no labels are inline.
+    pub fn labels_to_read(&self) -> Option<&str> {
+        self.labels_file.as_deref().filter(|_| self.labels.is_empty())
+    }
+
+    /// Takes the labels file's `text` (one label a line), if one was read, and checks the whole.
+    pub fn finish(mut self, labels: Option<&str>, source: &str) -> Result<Self, ModelError> {
+        if let Some(text) = labels {
+            self.labels = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(String::from).collect();
         }
-        m.check().map_err(bad)?;
-        Ok(m)
+        self.check().map_err(|m| ModelError::Manifest { path: source.to_string(), message: m })?;
+        Ok(self)
     }
 
     /// The resize policy in effect (stated, or the architecture's).

@@ -250,52 +250,38 @@ pub async fn load_model_at<F: WeightsFetcher>(
     load_model_from_bytes(manifest, bytes, &location, backend)
 }
 
-/// A small text object (manifest, labels) from S3.
-async fn fetch_text<F: WeightsFetcher>(fetcher: &F, bucket: &str, key: &str) -> Result<String, ModelError> {
-    let url = format!("s3://{bucket}/{key}");
-    let bytes = fetcher
-        .fetch(bucket, key, MAX_MANIFEST_BYTES)
-        .await
-        .map_err(|e| ModelError::Fetch { url: url.clone(), message: e.to_string() })?;
-    String::from_utf8(bytes).map_err(|_| ModelError::Manifest { path: url, message: "not UTF-8".into() })
-}
-
 /// Largest manifest or labels file read from S3.
 const MAX_MANIFEST_BYTES: u64 = 16 << 20;
 
-/// A manifest from a path or `s3://` (and its `labels_file` beside it), with
-/// the base its relative locations resolve against.
-pub async fn load_manifest<F: WeightsFetcher>(location: &str, fetcher: &F) -> Result<(Manifest, String), ModelError> {
+/// A small text file (manifest, labels) from a path or `s3://`.
+async fn read_text<F: WeightsFetcher>(location: &str, fetcher: &F) -> Result<String, ModelError> {
     match weights::WeightsSource::parse(location)? {
-        weights::WeightsSource::Path(path) => {
-            let base = path.parent().unwrap_or(Path::new(".")).display().to_string();
-            Ok((Manifest::load(&path)?, base))
-        }
+        weights::WeightsSource::Path(p) => std::fs::read_to_string(&p).map_err(|e| ModelError::io(&p, e)),
         weights::WeightsSource::S3 { bucket, key } => {
-            let text = fetch_text(fetcher, &bucket, &key).await?;
-            let prefix = key.rsplit_once('/').map_or("", |(p, _)| p).to_string();
-            let base = if prefix.is_empty() { format!("s3://{bucket}") } else { format!("s3://{bucket}/{prefix}") };
-            // labels_file: fetched first, so parsing stays synchronous.
-            let probe: serde_json::Value = serde_json::from_str(&text)
-                .map_err(|e| ModelError::Manifest { path: location.to_string(), message: e.to_string() })?;
-            let labels_text = match probe.get("labels_file").and_then(|v| v.as_str()) {
-                Some(file) if probe.get("labels").is_none_or(|l| l.as_array().is_some_and(Vec::is_empty)) => {
-                    let url = crate::manifest::resolve_relative(&base, file);
-                    match weights::WeightsSource::parse(&url)? {
-                        weights::WeightsSource::S3 { bucket, key } => Some(fetch_text(fetcher, &bucket, &key).await?),
-                        weights::WeightsSource::Path(p) => {
-                            Some(std::fs::read_to_string(&p).map_err(|e| ModelError::io(&p, e))?)
-                        }
-                    }
-                }
-                _ => None,
-            };
-            let manifest = Manifest::parse(&text, location, |_| {
-                labels_text.ok_or_else(|| ModelError::Invalid("labels_file was not fetched".into()))
-            })?;
-            Ok((manifest, base))
+            let bytes = fetcher
+                .fetch(&bucket, &key, MAX_MANIFEST_BYTES)
+                .await
+                .map_err(|e| ModelError::Fetch { url: location.to_string(), message: e.to_string() })?;
+            String::from_utf8(bytes)
+                .map_err(|_| ModelError::Manifest { path: location.to_string(), message: "not UTF-8".into() })
         }
     }
+}
+
+/// A manifest from a path or `s3://` (and its `labels_file` beside it), with
+/// the base its relative locations resolve against: its directory or `s3://bucket/prefix`.
+pub async fn load_manifest<F: WeightsFetcher>(location: &str, fetcher: &F) -> Result<(Manifest, String), ModelError> {
+    let base = match location.rsplit_once('/') {
+        Some(("", _)) => "/".to_string(),
+        Some((dir, _)) => dir.to_string(),
+        None => ".".to_string(),
+    };
+    let manifest = Manifest::from_json(&read_text(location, fetcher).await?, location)?;
+    let labels = match manifest.labels_to_read() {
+        Some(file) => Some(read_text(&crate::manifest::resolve_relative(&base, file), fetcher).await?),
+        None => None,
+    };
+    Ok((manifest.finish(labels.as_deref(), location)?, base))
 }
 
 /// Builds a model from a manifest and weights bytes already in memory (checked against the manifest).
