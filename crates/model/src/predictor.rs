@@ -317,21 +317,6 @@ pub fn load_model_from_bytes(
     Ok(LoadedModel { manifest, model_ref, network, device, backend })
 }
 
-/// Loads the `digits` network of a manifest whose weights are a local file (training tools).
-pub fn load_digits_net(manifest_path: &Path, device: &Device) -> Result<(Manifest, DigitsNet), ModelError> {
-    let manifest = Manifest::load(manifest_path)?;
-    let dir = manifest_path.parent().unwrap_or(Path::new("."));
-    let location = manifest.weights_location(dir);
-    let bytes = std::fs::read(&location).map_err(|e| ModelError::io(&location, e))?;
-    let actual = weights::sha256_hex(&bytes);
-    if actual != manifest.sha256 {
-        return Err(ModelError::ChecksumMismatch { source_name: location, expected: manifest.sha256.clone(), actual });
-    }
-    let mut net = DigitsNet::new(device);
-    weights::load_pytorch_safetensors(&mut net, bytes, &location)?;
-    Ok((manifest, net))
-}
-
 impl LoadedModel {
     /// The preprocessing this model expects.
     pub fn preprocessor(&self, limits: Limits) -> ImagePreprocessor {

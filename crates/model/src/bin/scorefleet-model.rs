@@ -244,9 +244,8 @@ fn main() -> Result<()> {
             let start = std::time::Instant::now();
             let accuracy = train::evaluate_with(|x| m.network.forward(x), &test_set, 500, &backend.device())?;
             let secs = start.elapsed().as_secs_f64();
-            let loaded = (m.manifest.clone(),);
             let report = serde_json::json!({
-                "model": loaded.0.name, "version": loaded.0.version(), "accuracy": accuracy,
+                "model": m.manifest.name, "version": m.manifest.version(), "accuracy": accuracy,
                 "images": test_set.len(), "backend": backend.as_str(), "path": path, "seconds": secs,
             });
             if json {
@@ -254,8 +253,8 @@ fn main() -> Result<()> {
             } else {
                 println!(
                     "{} {}: accuracy {accuracy:.4} on {} MNIST test images ({backend}, {secs:.1}s)",
-                    loaded.0.name,
-                    loaded.0.version(),
+                    m.manifest.name,
+                    m.manifest.version(),
                     test_set.len()
                 );
             }
