@@ -51,6 +51,18 @@ impl BackendKind {
         }
     }
 
+    /// Whether this backend runs on the CPU, in host memory.
+    pub fn is_cpu(self) -> bool {
+        match self {
+            #[cfg(feature = "flex")]
+            BackendKind::Flex => true,
+            #[cfg(feature = "ndarray")]
+            BackendKind::Ndarray => true,
+            #[cfg(feature = "wgpu")]
+            BackendKind::Wgpu => false,
+        }
+    }
+
     /// The inference device of this backend.
     pub fn device(self) -> Device {
         match self {
@@ -80,4 +92,10 @@ impl FromStr for BackendKind {
             .find(|k| k.as_str() == s)
             .ok_or_else(|| format!("backend {s:?} is not compiled in (have: {:?})", Self::all()))
     }
+}
+
+/// Whether `device` computes in host memory (burn-flex, burn-ndarray), where
+/// the runner's CPU kernels may stand in for burn's ops.
+pub fn is_host(device: &Device) -> bool {
+    BackendKind::all().into_iter().filter(|k| k.is_cpu()).any(|k| k.device() == *device)
 }

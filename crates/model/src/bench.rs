@@ -9,14 +9,17 @@ use std::time::{Duration, Instant};
 
 /// Which forward a measurement runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(rename_all = "kebab-case")]
 pub enum ForwardPath {
     /// [`Network::forward`]: the NHWC path the predictor serves.
     Nhwc,
     /// [`Network::forward_reference`]: the burn modules' own forward (burn `conv2d`, pooling, …).
     Reference,
-    /// The same network exported to ONNX, through the graph runner (burn ops only).
+    /// An ONNX graph through the runner, with the CPU kernels and load-time
+    /// folding its backend gets by default (what a worker serves).
     Onnx,
+    /// The same graph with every node on burn's own op (no overrides, no folding).
+    OnnxBurn,
 }
 
 impl std::str::FromStr for ForwardPath {
@@ -27,7 +30,8 @@ impl std::str::FromStr for ForwardPath {
             "nhwc" => Ok(ForwardPath::Nhwc),
             "reference" => Ok(ForwardPath::Reference),
             "onnx" => Ok(ForwardPath::Onnx),
-            other => Err(format!("path {other:?}: nhwc, reference or onnx")),
+            "onnx-burn" => Ok(ForwardPath::OnnxBurn),
+            other => Err(format!("path {other:?}: nhwc, reference, onnx or onnx-burn")),
         }
     }
 }
@@ -97,7 +101,7 @@ pub fn bench_network(
         // Reading the output back forces the (possibly lazy) backend to finish.
         let run = || -> Result<(), ModelError> {
             let logits = match path {
-                ForwardPath::Nhwc | ForwardPath::Onnx => network.forward(make())?,
+                ForwardPath::Nhwc | ForwardPath::Onnx | ForwardPath::OnnxBurn => network.forward(make())?,
                 ForwardPath::Reference => network.forward_reference(make())?,
             };
             logits.into_data().try_to_vec_as::<f32>().map(|_| ()).map_err(|e| ModelError::Inference(format!("{e:?}")))

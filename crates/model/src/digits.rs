@@ -7,7 +7,7 @@
 //! the same layout loads too.
 
 use crate::error::ModelError;
-use crate::nhwc::{Activations, Dense, Epilogue, GemmConv, run_batched};
+use crate::nhwc::{Act, Activations, Dense, Epilogue, GemmConv, run_batched};
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
@@ -100,7 +100,7 @@ impl DigitsNhwc {
 
     /// x: [batch, 28, 28, 1] → logits [batch, 10], row-major.
     fn forward_nhwc(&self, x: &Activations, parallel: bool) -> Result<Vec<f32>, ModelError> {
-        let fused = Epilogue { relu: true, pool2: true, ..Epilogue::default() };
+        let fused = Epilogue { act: Act::Relu, pool2: true, ..Epilogue::default() };
         let x = self.conv1.forward(x, fused, parallel)?;
         let x = self.conv2.forward(&x, fused, parallel)?;
         let hidden = self.fc1.forward(&x.data, true, parallel)?;

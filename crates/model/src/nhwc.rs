@@ -155,30 +155,112 @@ impl Activations {
     /// Max pooling, `k`×`k` window, stride `s`, `p` implicit -∞ padding on every side
     /// (floor mode): [batch, h, w, c] → [batch, h', w', c]. Rows in parallel if `parallel`.
     pub fn max_pool(&self, k: usize, s: usize, p: usize, parallel: bool) -> Activations {
+        let pool = Pool { kernel: [k, k], stride: [s, s], pad: [p; 4], dilation: [1, 1], ceil_mode: false };
+        self.max_pool2d(&pool, parallel).unwrap_or_else(|_| Activations { data: vec![], height: 0, width: 0, ..*self })
+    }
+
+    /// Max pooling as ONNX `MaxPool` defines it (padding is −∞, a window
+    /// never starts in the bottom or right padding in ceil mode).
+    pub fn max_pool2d(&self, pool: &Pool, parallel: bool) -> Result<Activations, ModelError> {
         let (c, h, w) = (self.channels, self.height, self.width);
-        let oh = (h + 2 * p - k) / s + 1;
-        let ow = (w + 2 * p - k) / s + 1;
+        let (oh, ow) = pool.out_hw(h, w)?;
+        let ([kh, kw], [sh, sw], [dh, dw]) = (pool.kernel, pool.stride, pool.dilation);
         let mut out = vec![f32::NEG_INFINITY; self.batch * oh * ow * c];
         let pool_row = |(row, dst): (usize, &mut [f32])| {
             let (b, oy) = (row / oh, row % oh);
             let img = &self.data[b * h * w * c..(b + 1) * h * w * c];
-            for ky in 0..k {
-                let Some(iy) = (oy * s + ky).checked_sub(p).filter(|&y| y < h) else { continue };
+            for ky in 0..kh {
+                let Some(iy) = (oy * sh + ky * dh).checked_sub(pool.pad[0]).filter(|&y| y < h) else { continue };
                 for (ox, px) in dst.chunks_exact_mut(c).enumerate() {
-                    for kx in 0..k {
-                        let Some(ix) = (ox * s + kx).checked_sub(p).filter(|&x| x < w) else { continue };
+                    for kx in 0..kw {
+                        let Some(ix) = (ox * sw + kx * dw).checked_sub(pool.pad[1]).filter(|&x| x < w) else {
+                            continue;
+                        };
                         let src = &img[(iy * w + ix) * c..(iy * w + ix + 1) * c];
                         px.iter_mut().zip(src).for_each(|(m, v)| *m = max(*m, *v));
                     }
                 }
             }
         };
-        if parallel {
-            out.par_chunks_mut(ow * c).enumerate().for_each(pool_row);
-        } else {
-            out.chunks_mut(ow * c).enumerate().for_each(pool_row);
+        if ow * c > 0 {
+            if parallel {
+                out.par_chunks_mut(ow * c).enumerate().for_each(pool_row);
+            } else {
+                out.chunks_mut(ow * c).enumerate().for_each(pool_row);
+            }
         }
-        Activations { data: out, batch: self.batch, height: oh, width: ow, channels: c }
+        Ok(Activations { data: out, batch: self.batch, height: oh, width: ow, channels: c })
+    }
+
+    /// The same values channels first: [batch, channels, height, width], row-major.
+    pub fn to_nchw(&self) -> Vec<f32> {
+        let (c, plane) = (self.channels, self.plane());
+        if c == 1 || plane == 1 {
+            return self.data.clone();
+        }
+        let mut out = vec![0.0; self.data.len()];
+        for (img_out, img_in) in out.chunks_exact_mut(c * plane).zip(self.data.chunks_exact(c * plane)) {
+            for (p, px) in img_in.chunks_exact(c).enumerate() {
+                for (ch, v) in px.iter().enumerate() {
+                    img_out[ch * plane + p] = *v;
+                }
+            }
+        }
+        out
+    }
+
+    /// `parts` side by side along the channels (ONNX `Concat` on axis 1);
+    /// `None` unless they agree on batch, height and width.
+    pub fn concat_channels(parts: &[&Activations]) -> Option<Activations> {
+        let first = parts.first()?;
+        if parts.iter().any(|p| (p.batch, p.height, p.width) != (first.batch, first.height, first.width)) {
+            return None;
+        }
+        let channels = parts.iter().map(|p| p.channels).sum();
+        let mut data = Vec::with_capacity(first.batch * first.plane() * channels);
+        for px in 0..first.batch * first.plane() {
+            for p in parts {
+                data.extend_from_slice(&p.data[px * p.channels..(px + 1) * p.channels]);
+            }
+        }
+        Some(Activations { data, batch: first.batch, height: first.height, width: first.width, channels })
+    }
+}
+
+/// A 2-D pooling window as ONNX describes it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pool {
+    /// Window height and width.
+    pub kernel: [usize; 2],
+    /// Steps between windows.
+    pub stride: [usize; 2],
+    /// [top, left, bottom, right].
+    pub pad: [usize; 4],
+    /// Spacing of a window's taps.
+    pub dilation: [usize; 2],
+    /// Round the output size up (a last, partial window).
+    pub ceil_mode: bool,
+}
+
+impl Pool {
+    /// Output height and width for an `h`×`w` input.
+    pub fn out_hw(&self, h: usize, w: usize) -> Result<(usize, usize), ModelError> {
+        let axis = |n: usize, i: usize| {
+            let span = (n + self.pad[i] + self.pad[i + 2]).checked_sub(self.dilation[i] * (self.kernel[i] - 1) + 1)?;
+            let s = self.stride[i];
+            let mut o = if self.ceil_mode { span.div_ceil(s) + 1 } else { span / s + 1 };
+            // In ceil mode the last window must start inside the input or its top/left padding.
+            if self.ceil_mode && (o - 1) * s >= n + self.pad[i] {
+                o -= 1;
+            }
+            Some(o)
+        };
+        if self.kernel.contains(&0) || self.stride.contains(&0) || self.dilation.contains(&0) {
+            return Err(ModelError::Inference("pooling with a zero kernel, stride or dilation".into()));
+        }
+        axis(h, 0)
+            .zip(axis(w, 1))
+            .ok_or_else(|| ModelError::Inference(format!("pooling window {:?} larger than its {h}×{w} input", self.kernel)))
     }
 }
 
@@ -220,13 +302,46 @@ pub fn run_batched(
     Ok(Tensor::<2>::from_data(TensorData::new(logits, [batch, classes]), &device))
 }
 
+/// The activation an epilogue applies last.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub enum Act {
+    /// None: the identity.
+    #[default]
+    Identity,
+    /// `max(0, ·)`.
+    Relu,
+    /// `min(max(·, lo), hi)` (ONNX `Clip`; ReLU6 is `Clip(0, 6)`).
+    Clip(f32, f32),
+}
+
+impl Act {
+    /// Applies the activation to every element of `v`.
+    #[inline]
+    pub fn apply(self, v: &mut [f32]) {
+        match self {
+            Act::Identity => {}
+            Act::Relu => v.iter_mut().for_each(|o| *o = relu(*o)),
+            Act::Clip(lo, hi) => v.iter_mut().for_each(|o| *o = clip(*o, lo, hi)),
+        }
+    }
+
+    #[inline(always)]
+    fn one(self, v: f32) -> f32 {
+        match self {
+            Act::Identity => v,
+            Act::Relu => relu(v),
+            Act::Clip(lo, hi) => clip(v, lo, hi),
+        }
+    }
+}
+
 /// What happens to a convolution's output before it is stored.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Epilogue<'a> {
     /// Added after the bias (the ResNet shortcut), same shape as the output.
     pub residual: Option<&'a Activations>,
-    /// `max(0, ·)` last.
-    pub relu: bool,
+    /// Applied last.
+    pub act: Act,
     /// 2×2 stride-2 max-pooling (floor mode) of the result.
     pub pool2: bool,
 }
@@ -242,8 +357,9 @@ pub struct GemmConv {
     c_out: usize,
     kernel: [usize; 2],
     stride: [usize; 2],
-    /// (top, left); bottom and right equal them (checked at load).
-    pad: [usize; 2],
+    dilation: [usize; 2],
+    /// [top, left, bottom, right], used by [`GemmConv::forward`].
+    pad: [usize; 4],
 }
 
 /// A tensor's values as `f32`s (weights at load).
@@ -251,47 +367,114 @@ fn floats<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>, ModelErr
     t.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| ModelError::Invalid(format!("{what}: {e:?}")))
 }
 
+/// Output length of one spatial axis: `n` inputs, pads `lo` + `hi`, a kernel
+/// of `k` taps `d` apart, stride `s` (floor mode); `None` when the dilated
+/// kernel is longer than the padded input.
+fn out_len(n: usize, (lo, hi): (usize, usize), k: usize, s: usize, d: usize) -> Option<usize> {
+    (n + lo + hi).checked_sub(d * (k - 1) + 1).map(|span| span / s + 1)
+}
+
 impl GemmConv {
+    /// From ONNX/PyTorch-layout weights `[c_out, c_in, kh, kw]` (row-major)
+    /// and an optional bias; `pad` is [top, left, bottom, right].
+    pub fn new(
+        weight: &[f32],
+        [c_out, c_in, kh, kw]: [usize; 4],
+        bias: Option<&[f32]>,
+        stride: [usize; 2],
+        dilation: [usize; 2],
+        pad: [usize; 4],
+    ) -> Result<Self, ModelError> {
+        if weight.len() != c_out * c_in * kh * kw || bias.is_some_and(|b| b.len() != c_out) {
+            return Err(ModelError::Invalid(format!("convolution weights do not match [{c_out}, {c_in}, {kh}, {kw}]")));
+        }
+        if stride.contains(&0) || dilation.contains(&0) || kh == 0 || kw == 0 {
+            return Err(ModelError::Invalid("convolution with a zero stride, dilation or kernel".into()));
+        }
+        // [c_out, c_in, kh, kw] → [kh, kw, c_in, c_out]
+        let mut laid = vec![0.0; weight.len()];
+        for (o, filter) in weight.chunks_exact(c_in * kh * kw).enumerate() {
+            for (i, plane) in filter.chunks_exact(kh * kw).enumerate() {
+                for (tap, v) in plane.iter().enumerate() {
+                    laid[(tap * c_in + i) * c_out + o] = *v;
+                }
+            }
+        }
+        Ok(Self {
+            weight: laid,
+            bias: bias.map_or_else(|| vec![0.0; c_out], <[f32]>::to_vec),
+            c_in,
+            c_out,
+            kernel: [kh, kw],
+            stride,
+            dilation,
+            pad,
+        })
+    }
+
     /// Lays out a burn convolution's weights for this path. Refuses what it does
-    /// not implement (groups, dilation, asymmetric or `Same` padding).
+    /// not implement (groups, `Same` padding).
     pub fn from_conv(conv: &Conv2d) -> Result<Self, ModelError> {
         let unsupported = |what: &str| ModelError::Invalid(format!("NHWC convolution: {what} is not supported"));
         if conv.groups != 1 {
             return Err(unsupported("groups"));
         }
-        if conv.dilation != [1, 1] {
-            return Err(unsupported("dilation"));
-        }
         let pad = match conv.padding {
-            PaddingConfig2d::Valid => [0, 0],
-            PaddingConfig2d::Explicit(top, left, bottom, right) if top == bottom && left == right => [top, left],
-            _ => return Err(unsupported("asymmetric or `Same` padding")),
+            PaddingConfig2d::Valid => [0; 4],
+            PaddingConfig2d::Explicit(top, left, bottom, right) => [top, left, bottom, right],
+            _ => return Err(unsupported("`Same` padding")),
         };
         let w = conv.weight.val();
-        let [c_out, c_in, kh, kw] = w.dims();
-        // [c_out, c_in, kh, kw] → [kh, kw, c_in, c_out] → [kh·kw·c_in, c_out]
-        let weight = floats(w.permute([2, 3, 1, 0]).reshape([kh * kw * c_in, c_out]), "convolution weight")?;
-        let bias = match &conv.bias {
-            Some(b) => floats(b.val(), "convolution bias")?,
-            None => vec![0.0; c_out],
-        };
-        Ok(Self { weight, bias, c_in, c_out, kernel: [kh, kw], stride: conv.stride, pad })
+        let dims = w.dims();
+        let bias = conv.bias.as_ref().map(|b| floats(b.val(), "convolution bias")).transpose()?;
+        Self::new(&floats(w, "convolution weight")?, dims, bias.as_deref(), conv.stride, conv.dilation, pad)
     }
 
-    /// Output height and width for an input of `h`×`w`.
-    fn out_hw(&self, h: usize, w: usize) -> (usize, usize) {
-        let o = |n: usize, i: usize| (n + 2 * self.pad[i]).saturating_sub(self.kernel[i]) / self.stride[i] + 1;
-        (o(h, 0), o(w, 1))
+    /// Input channels.
+    pub fn c_in(&self) -> usize {
+        self.c_in
+    }
+
+    /// Output height and width for an input of `h`×`w` with `pad`.
+    fn out_hw(&self, h: usize, w: usize, pad: [usize; 4]) -> Result<(usize, usize), ModelError> {
+        let o = |n, i: usize| out_len(n, (pad[i], pad[i + 2]), self.kernel[i], self.stride[i], self.dilation[i]);
+        o(h, 0).zip(o(w, 1)).ok_or_else(|| {
+            ModelError::Inference(format!("convolution kernel {:?} larger than its padded {h}×{w} input", self.kernel))
+        })
+    }
+
+    /// `[batch, h', w', c_out]` of the output for `x` with `pad`.
+    pub fn out_dims(&self, x: &Activations, pad: [usize; 4]) -> Result<[usize; 4], ModelError> {
+        let (oh, ow) = self.out_hw(x.height, x.width, pad)?;
+        Ok([x.batch, oh, ow, self.c_out])
+    }
+
+    /// A 1×1, stride-1, unpadded convolution: its im2col is its input.
+    fn pointwise(&self, pad: [usize; 4]) -> bool {
+        self.kernel == [1, 1] && self.stride == [1, 1] && pad == [0; 4]
     }
 
     /// x: [batch, h, w, c_in] → [batch, h', w', c_out] (h'/2, w'/2 with `pool2`),
     /// `epilogue(conv(x) + bias)`. `parallel`: use the rayon pool (else this
     /// thread only, for callers that already run one part of a batch per thread).
     pub fn forward(&self, x: &Activations, epilogue: Epilogue<'_>, parallel: bool) -> Result<Activations, ModelError> {
+        self.forward_padded(x, self.pad, epilogue, parallel)
+    }
+
+    /// [`GemmConv::forward`] with `pad` ([top, left, bottom, right]) instead
+    /// of the padding given at construction (ONNX `auto_pad`, which depends
+    /// on the input's size).
+    pub fn forward_padded(
+        &self,
+        x: &Activations,
+        pad: [usize; 4],
+        epilogue: Epilogue<'_>,
+        parallel: bool,
+    ) -> Result<Activations, ModelError> {
         if x.channels != self.c_in {
             return Err(ModelError::Inference(format!("convolution takes {} channels, got {}", self.c_in, x.channels)));
         }
-        let (oh, ow) = self.out_hw(x.height, x.width);
+        let (oh, ow) = self.out_hw(x.height, x.width, pad)?;
         let k = self.kernel[0] * self.kernel[1] * self.c_in;
         let rows = x.batch * oh * ow;
         let (ph, pw) = if epilogue.pool2 { (oh / 2, ow / 2) } else { (oh, ow) };
@@ -300,6 +483,7 @@ impl GemmConv {
         {
             return Err(ModelError::Inference("residual shape differs from the convolution output".into()));
         }
+        let pointwise = self.pointwise(pad);
         // Rows per chunk: a whole number of images when pooling (a window never
         // straddles two chunks), else a share of the rows bounded by CHUNK_FLOATS;
         // at least one chunk per thread.
@@ -324,11 +508,16 @@ impl GemmConv {
             // then finds empty buffers instead of a RefCell already borrowed.
             let (mut col, mut tmp) = SCRATCH.take();
             {
-                self.im2col(x, range, (oh, ow), &mut col);
+                let patches: &[f32] = if pointwise {
+                    &x.data[range.start * k..range.end * k]
+                } else {
+                    self.im2col(x, range, (oh, ow), pad, &mut col);
+                    &col
+                };
                 if epilogue.pool2 {
                     tmp.resize(n * self.c_out, 0.0);
-                    sgemm(&col, &self.weight, &mut tmp, [n, k, self.c_out], false, parallel);
-                    self.pool_bias(&tmp, dst, (oh, ow), epilogue.relu);
+                    sgemm(patches, &self.weight, &mut tmp, [n, k, self.c_out], false, parallel);
+                    self.pool_bias(&tmp, dst, (oh, ow), epilogue.act);
                 } else {
                     // dst = bias (+ shortcut), then dst += patches × weights.
                     for o in dst.chunks_exact_mut(self.c_out) {
@@ -338,10 +527,8 @@ impl GemmConv {
                         let res = &res.data[start * self.c_out..start * self.c_out + dst.len()];
                         dst.iter_mut().zip(res).for_each(|(o, r)| *o += r);
                     }
-                    sgemm(&col, &self.weight, dst, [n, k, self.c_out], true, parallel);
-                    if epilogue.relu {
-                        dst.iter_mut().for_each(|o| *o = relu(*o));
-                    }
+                    sgemm(patches, &self.weight, dst, [n, k, self.c_out], true, parallel);
+                    epilogue.act.apply(dst);
                 }
             }
             SCRATCH.set((col, tmp));
@@ -361,10 +548,18 @@ impl GemmConv {
 
     /// im2col of output rows `range` (flattened `(image, y, x)`) into `col`:
     /// [range.len(), kh·kw·c_in].
-    fn im2col(&self, x: &Activations, range: Range<usize>, (oh, ow): (usize, usize), col: &mut Vec<f32>) {
+    fn im2col(
+        &self,
+        x: &Activations,
+        range: Range<usize>,
+        (oh, ow): (usize, usize),
+        pad: [usize; 4],
+        col: &mut Vec<f32>,
+    ) {
         let [kh, kw] = self.kernel;
+        let [dh, dw] = self.dilation;
         let c = x.channels;
-        // A kernel row is kw·c consecutive floats of one input row (NHWC).
+        // Without dilation a kernel row is kw·c consecutive floats of one input row (NHWC).
         let seg = kw * c;
         let k = kh * seg;
         // Every element is written below (copies or padding zeros), so the
@@ -374,21 +569,38 @@ impl GemmConv {
         let (mut b, mut oy, mut ox) = (range.start / (oh * ow), (range.start / ow) % oh, range.start % ow);
         for dst in col.chunks_exact_mut(k) {
             let img = &x.data[b * image..(b + 1) * image];
-            // Columns of the window inside the image: kx_lo..kx_hi.
-            let x0 = (ox * self.stride[1]) as isize - self.pad[1] as isize;
-            let kx_lo = (-x0).clamp(0, kw as isize) as usize;
-            let kx_hi = (x.width as isize - x0).clamp(0, kw as isize) as usize;
-            let y0 = (oy * self.stride[0]) as isize - self.pad[0] as isize;
+            let x0 = (ox * self.stride[1]) as isize - pad[1] as isize;
+            let y0 = (oy * self.stride[0]) as isize - pad[0] as isize;
             for (ky, d) in dst.chunks_exact_mut(seg).enumerate() {
-                let iy = y0 + ky as isize;
-                if iy < 0 || iy >= x.height as isize || kx_lo >= kx_hi {
+                let iy = y0 + (ky * dh) as isize;
+                if iy < 0 || iy >= x.height as isize {
                     d.fill(0.0);
                     continue;
                 }
-                let src0 = ((iy as usize * x.width) as isize + x0 + kx_lo as isize) as usize * c;
-                d[..kx_lo * c].fill(0.0);
-                d[kx_lo * c..kx_hi * c].copy_from_slice(&img[src0..src0 + (kx_hi - kx_lo) * c]);
-                d[kx_hi * c..].fill(0.0);
+                let row = iy as usize * x.width;
+                if dw == 1 {
+                    // Columns of the window inside the image: kx_lo..kx_hi.
+                    let kx_lo = (-x0).clamp(0, kw as isize) as usize;
+                    let kx_hi = (x.width as isize - x0).clamp(0, kw as isize) as usize;
+                    if kx_lo >= kx_hi {
+                        d.fill(0.0);
+                        continue;
+                    }
+                    let src0 = (row as isize + x0 + kx_lo as isize) as usize * c;
+                    d[..kx_lo * c].fill(0.0);
+                    d[kx_lo * c..kx_hi * c].copy_from_slice(&img[src0..src0 + (kx_hi - kx_lo) * c]);
+                    d[kx_hi * c..].fill(0.0);
+                } else {
+                    for (kx, t) in d.chunks_exact_mut(c).enumerate() {
+                        let ix = x0 + (kx * dw) as isize;
+                        if ix < 0 || ix >= x.width as isize {
+                            t.fill(0.0);
+                        } else {
+                            let at = (row + ix as usize) * c;
+                            t.copy_from_slice(&img[at..at + c]);
+                        }
+                    }
+                }
             }
             ox += 1;
             if ox == ow {
@@ -402,10 +614,10 @@ impl GemmConv {
         }
     }
 
-    /// `dst = pool2(y) + bias` (then ReLU if `relu`): y holds whole images
-    /// [n, oh, ow, c_out]; dst [n, oh/2, ow/2, c_out]. (Max-pooling commutes
-    /// with adding a per-channel constant.)
-    fn pool_bias(&self, y: &[f32], dst: &mut [f32], (oh, ow): (usize, usize), relu_after: bool) {
+    /// `dst = act(pool2(y) + bias)`: y holds whole images [n, oh, ow, c_out];
+    /// dst [n, oh/2, ow/2, c_out]. (Max-pooling commutes with adding a
+    /// per-channel constant.)
+    fn pool_bias(&self, y: &[f32], dst: &mut [f32], (oh, ow): (usize, usize), act: Act) {
         let c = self.c_out;
         let (ph, pw) = (oh / 2, ow / 2);
         for (j, px) in dst.chunks_exact_mut(c).enumerate() {
@@ -416,10 +628,130 @@ impl GemmConv {
             };
             let (a, b, cc, d) = (at(0, 0), at(0, 1), at(1, 0), at(1, 1));
             for (i, o) in px.iter_mut().enumerate() {
-                let v = max(max(a[i], b[i]), max(cc[i], d[i])) + self.bias[i];
-                *o = if relu_after { relu(v) } else { v };
+                *o = act.one(max(max(a[i], b[i]), max(cc[i], d[i])) + self.bias[i]);
             }
         }
+    }
+}
+
+/// A depthwise convolution (one filter per channel, ONNX `group` = channels,
+/// as in MobileNet and EfficientNet) on NHWC activations: each output pixel
+/// sums its kh·kw taps, every tap a vector multiply-add across the channels.
+#[derive(Debug, Clone)]
+pub struct DepthwiseConv {
+    /// [kh·kw, channels]
+    weight: Vec<f32>,
+    /// [channels]
+    bias: Vec<f32>,
+    channels: usize,
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+}
+
+impl DepthwiseConv {
+    /// From ONNX-layout weights `[channels, 1, kh, kw]` and an optional bias.
+    pub fn new(
+        weight: &[f32],
+        [channels, one, kh, kw]: [usize; 4],
+        bias: Option<&[f32]>,
+        stride: [usize; 2],
+        dilation: [usize; 2],
+    ) -> Result<Self, ModelError> {
+        if one != 1 || weight.len() != channels * kh * kw || bias.is_some_and(|b| b.len() != channels) {
+            return Err(ModelError::Invalid(format!("depthwise weights do not match [{channels}, 1, {kh}, {kw}]")));
+        }
+        if stride.contains(&0) || dilation.contains(&0) || kh == 0 || kw == 0 {
+            return Err(ModelError::Invalid("convolution with a zero stride, dilation or kernel".into()));
+        }
+        let mut laid = vec![0.0; weight.len()];
+        for (c, plane) in weight.chunks_exact(kh * kw).enumerate() {
+            for (tap, v) in plane.iter().enumerate() {
+                laid[tap * channels + c] = *v;
+            }
+        }
+        Ok(Self {
+            weight: laid,
+            bias: bias.map_or_else(|| vec![0.0; channels], <[f32]>::to_vec),
+            channels,
+            kernel: [kh, kw],
+            stride,
+            dilation,
+        })
+    }
+
+    /// `[batch, h', w', channels]` of the output for `x` with `pad`.
+    pub fn out_dims(&self, x: &Activations, pad: [usize; 4]) -> Result<[usize; 4], ModelError> {
+        let o = |n, i: usize| out_len(n, (pad[i], pad[i + 2]), self.kernel[i], self.stride[i], self.dilation[i]);
+        let (oh, ow) = o(x.height, 0).zip(o(x.width, 1)).ok_or_else(|| {
+            ModelError::Inference(format!("convolution kernel {:?} larger than its padded input", self.kernel))
+        })?;
+        Ok([x.batch, oh, ow, self.channels])
+    }
+
+    /// x: [batch, h, w, c] → [batch, h', w', c], `epilogue(conv(x) + bias)`
+    /// (`pool2` is not supported); `pad` is [top, left, bottom, right].
+    pub fn forward_padded(
+        &self,
+        x: &Activations,
+        pad: [usize; 4],
+        epilogue: Epilogue<'_>,
+        parallel: bool,
+    ) -> Result<Activations, ModelError> {
+        let c = self.channels;
+        if x.channels != c || epilogue.pool2 {
+            return Err(ModelError::Inference(format!("depthwise convolution of {c} channels, got {}", x.channels)));
+        }
+        let [_, oh, ow, _] = self.out_dims(x, pad)?;
+        if let Some(r) = epilogue.residual
+            && (r.batch, r.height, r.width, r.channels) != (x.batch, oh, ow, c)
+        {
+            return Err(ModelError::Inference("residual shape differs from the convolution output".into()));
+        }
+        let mut out = vec![0.0f32; x.batch * oh * ow * c];
+        let [kh, kw] = self.kernel;
+        let (h, w) = (x.height, x.width);
+        let row = |(r, dst): (usize, &mut [f32])| {
+            let (b, oy) = (r / oh, r % oh);
+            let img = &x.data[b * h * w * c..(b + 1) * h * w * c];
+            if let Some(res) = epilogue.residual {
+                dst.copy_from_slice(&res.data[r * ow * c..(r + 1) * ow * c]);
+                for px in dst.chunks_exact_mut(c) {
+                    px.iter_mut().zip(&self.bias).for_each(|(o, b)| *o += b);
+                }
+            } else {
+                for px in dst.chunks_exact_mut(c) {
+                    px.copy_from_slice(&self.bias);
+                }
+            }
+            for ky in 0..kh {
+                let Some(iy) = (oy * self.stride[0] + ky * self.dilation[0]).checked_sub(pad[0]).filter(|&y| y < h)
+                else {
+                    continue;
+                };
+                for kx in 0..kw {
+                    let taps = &self.weight[(ky * kw + kx) * c..(ky * kw + kx + 1) * c];
+                    for (ox, px) in dst.chunks_exact_mut(c).enumerate() {
+                        let Some(ix) =
+                            (ox * self.stride[1] + kx * self.dilation[1]).checked_sub(pad[1]).filter(|&v| v < w)
+                        else {
+                            continue;
+                        };
+                        let src = &img[(iy * w + ix) * c..(iy * w + ix + 1) * c];
+                        for ((o, s), t) in px.iter_mut().zip(src).zip(taps) {
+                            *o += s * t;
+                        }
+                    }
+                }
+            }
+            epilogue.act.apply(dst);
+        };
+        if parallel {
+            out.par_chunks_mut(ow * c).enumerate().for_each(row);
+        } else {
+            out.chunks_mut(ow * c).enumerate().for_each(row);
+        }
+        Ok(Activations { data: out, batch: x.batch, height: oh, width: ow, channels: c })
     }
 }
 
@@ -434,6 +766,18 @@ fn max(a: f32, b: f32) -> f32 {
 #[inline(always)]
 fn relu(v: f32) -> f32 {
     if v > 0.0 { v } else { 0.0 }
+}
+
+/// `v` clamped to `[lo, hi]`.
+#[inline(always)]
+fn clip(v: f32, lo: f32, hi: f32) -> f32 {
+    if v < lo {
+        lo
+    } else if v > hi {
+        hi
+    } else {
+        v
+    }
 }
 
 /// A fully connected layer for this path: `y = x × W + b`.
@@ -529,13 +873,13 @@ mod tests {
                     let residual =
                         Activations { data: plain.data.iter().map(|v| v * 0.5 - 0.1).collect(), ..plain.clone() };
                     let fused = fast
-                        .forward(&xa, Epilogue { residual: Some(&residual), relu: true, pool2: false }, false)
+                        .forward(&xa, Epilogue { residual: Some(&residual), act: Act::Relu, pool2: false }, false)
                         .expect("forward");
                     let expected = burn::tensor::activation::relu(reference.clone() + nhwc_to_nchw(&residual, &device));
                     assert!(max_diff(nhwc_to_nchw(&fused, &device), expected) < 1e-4, "{backend} residual + relu");
 
                     let pooled = fast
-                        .forward(&xa, Epilogue { relu: true, pool2: true, ..Epilogue::default() }, true)
+                        .forward(&xa, Epilogue { act: Act::Relu, pool2: true, ..Epilogue::default() }, true)
                         .expect("pool");
                     let pool = MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init();
                     let expected = pool.forward(burn::tensor::activation::relu(reference));
@@ -586,9 +930,105 @@ mod tests {
         let device = BackendKind::all()[0].device();
         let grouped = Conv2dConfig::new([4, 4], [3, 3]).with_groups(2).init(&device);
         assert!(GemmConv::from_conv(&grouped).is_err());
-        let dilated = Conv2dConfig::new([4, 4], [3, 3]).with_dilation([2, 2]).init(&device);
-        assert!(GemmConv::from_conv(&dilated).is_err());
         let same = Conv2dConfig::new([4, 4], [3, 3]).with_padding(PaddingConfig2d::Same).init(&device);
         assert!(GemmConv::from_conv(&same).is_err());
+    }
+
+    fn random(dims: [usize; 4], device: &Device) -> Tensor<4> {
+        Tensor::<4>::random(dims, Distribution::Normal(0.0, 1.0), device)
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().expect("f32")
+    }
+
+    /// burn's `conv2d` with ONNX-style settings: (c_in, c_out, groups, k, stride, dilation, pads [t, l, b, r], h, w).
+    type Geometry = (usize, usize, usize, [usize; 2], [usize; 2], [usize; 2], [usize; 4], usize, usize);
+
+    const GENERAL: [Geometry; 6] = [
+        (3, 8, 1, [3, 3], [1, 1], [2, 2], [2, 2, 2, 2], 11, 9),
+        (4, 6, 1, [3, 2], [2, 1], [1, 1], [0, 1, 1, 0], 10, 7),
+        (5, 7, 1, [1, 1], [1, 1], [1, 1], [0, 0, 0, 0], 6, 5),
+        (2, 3, 1, [5, 3], [1, 3], [1, 2], [2, 1, 0, 3], 9, 12),
+        (6, 6, 6, [3, 3], [1, 1], [1, 1], [1, 1, 1, 1], 8, 9),
+        (8, 8, 8, [3, 5], [2, 2], [2, 1], [0, 2, 1, 2], 13, 11),
+    ];
+
+    #[test]
+    fn general_and_depthwise_convolutions_equal_burn_conv2d() {
+        use burn::tensor::module::conv2d;
+        use burn::tensor::ops::ConvOptions;
+        for backend in BackendKind::all() {
+            let device = backend.device();
+            for (c_in, c_out, groups, k, stride, dilation, pad, h, w) in GENERAL {
+                let x = random([3, c_in, h, w], &device);
+                let wt = random([c_out, c_in / groups, k[0], k[1]], &device);
+                let bias = Tensor::<1>::random([c_out], Distribution::Normal(0.0, 1.0), &device);
+                let opts = ConvOptions::new_with_padding(stride, [(pad[0], pad[2]), (pad[1], pad[3])], dilation, groups);
+                let reference = conv2d(x.clone(), wt.clone(), Some(bias.clone()), opts);
+                let shortcut = random(reference.dims(), &device);
+                let expected = (reference + shortcut.clone()).clamp(-0.5, 1.0);
+                let (wv, bv) = (values(wt.clone()), values(bias));
+                let xa = Activations::from_nchw(x).expect("nhwc");
+                let residual = Activations::from_nchw(shortcut).expect("nhwc");
+                let epilogue = Epilogue { residual: Some(&residual), act: Act::Clip(-0.5, 1.0), pool2: false };
+                for parallel in [false, true] {
+                    let got = if groups == 1 {
+                        GemmConv::new(&wv, wt.dims(), Some(&bv), stride, dilation, [0; 4])
+                            .expect("conv")
+                            .forward_padded(&xa, pad, epilogue, parallel)
+                    } else {
+                        DepthwiseConv::new(&wv, wt.dims(), Some(&bv), stride, dilation)
+                            .expect("depthwise")
+                            .forward_padded(&xa, pad, epilogue, parallel)
+                    }
+                    .expect("forward");
+                    let diff = max_diff(nhwc_to_nchw(&got, &device), expected.clone());
+                    assert!(diff < 1e-4, "{backend} {groups} {k:?} {stride:?} {dilation:?} {pad:?}: {diff}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn max_pool2d_equals_burn_max_pool2d_in_floor_and_ceil_mode() {
+        use burn::tensor::module::max_pool2d;
+        use burn::tensor::ops::MaxPoolOptions;
+        for backend in BackendKind::all() {
+            let device = backend.device();
+            let x = random([2, 5, 14, 13], &device);
+            let xa = Activations::from_nchw(x.clone()).expect("nhwc");
+            for (kernel, stride, pad, dilation) in [
+                ([3, 3], [2, 2], [0, 0, 0, 0], [1, 1]),
+                ([3, 3], [2, 2], [1, 1, 1, 1], [1, 1]),
+                ([2, 3], [1, 2], [0, 1, 1, 0], [2, 1]),
+            ] {
+                for ceil_mode in [false, true] {
+                    let pool = Pool { kernel, stride, pad, dilation, ceil_mode };
+                    let opts = MaxPoolOptions::new(kernel)
+                        .with_stride(stride)
+                        .with_padding_pairs([(pad[0], pad[2]), (pad[1], pad[3])])
+                        .with_dilation(dilation)
+                        .with_ceil_mode(ceil_mode);
+                    let expected = max_pool2d(x.clone(), opts);
+                    let got = nhwc_to_nchw(&xa.max_pool2d(&pool, true).expect("pool"), &device);
+                    assert!(max_diff(got, expected) < 1e-6, "{backend} {pool:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn layouts_round_trip_and_channel_concat_equals_burn_cat() {
+        for backend in BackendKind::all() {
+            let device = backend.device();
+            let (a, b) = (random([2, 3, 4, 5], &device), random([2, 6, 4, 5], &device));
+            let (xa, xb) = (Activations::from_nchw(a.clone()).expect("a"), Activations::from_nchw(b.clone()).expect("b"));
+            assert_eq!(xa.to_nchw(), values(a.clone()));
+            let cat = Activations::concat_channels(&[&xa, &xb]).expect("same batch and size");
+            assert_eq!(cat.to_nchw(), values(Tensor::cat(vec![a, b], 1)));
+            let other = Activations::from_nchw(random([2, 3, 4, 6], &device)).expect("c");
+            assert!(Activations::concat_channels(&[&xa, &other]).is_none(), "different widths are refused");
+        }
     }
 }

@@ -10,7 +10,7 @@
 //! [`ResNet18`], which has no BatchNorm at all.
 
 use crate::error::ModelError;
-use crate::nhwc::{Activations, Dense, Epilogue, GemmConv, run_batched};
+use crate::nhwc::{Act, Activations, Dense, Epilogue, GemmConv, run_batched};
 use crate::weights;
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -244,7 +244,7 @@ impl ResNet18Nhwc {
 
     /// x: [batch, height, width, 3] → logits [batch, classes], row-major.
     fn forward_nhwc(&self, x: &Activations, parallel: bool) -> Result<Vec<f32>, ModelError> {
-        let relu = Epilogue { relu: true, ..Epilogue::default() };
+        let relu = Epilogue { act: Act::Relu, ..Epilogue::default() };
         // The stem's 3×3 stride-2 max-pool, padding 1, as torchvision's.
         let mut x = self.conv1.forward(x, relu, parallel)?.max_pool(3, 2, 1, parallel);
         for block in &self.blocks {
@@ -254,7 +254,7 @@ impl ResNet18Nhwc {
             };
             let y = block.conv1.forward(&x, relu, parallel)?;
             let residual = Some(shortcut.as_ref().unwrap_or(&x));
-            x = block.conv2.forward(&y, Epilogue { residual, relu: true, pool2: false }, parallel)?;
+            x = block.conv2.forward(&y, Epilogue { residual, act: Act::Relu, pool2: false }, parallel)?;
         }
         self.fc.forward(&x.global_mean(), false, parallel)
     }

@@ -9,7 +9,7 @@
 
 use safetensors::SafeTensors;
 use scorefleet_model::BackendKind;
-use scorefleet_model::onnx::OnnxModel;
+use scorefleet_model::onnx::{OnnxModel, Options};
 use scorefleet_model::onnx::value::Value;
 use scorefleet_model::predictor::Network;
 use std::path::{Path, PathBuf};
@@ -21,6 +21,10 @@ fn root() -> PathBuf {
 
 /// Runs the fixture script once per test binary into a fresh directory.
 fn fixtures(only: &str) -> PathBuf {
+    fixtures_with(only, &[])
+}
+
+fn fixtures_with(only: &str, extra: &[&str]) -> PathBuf {
     let python = root().join(".venv/bin/python");
     assert!(
         python.exists(),
@@ -34,6 +38,7 @@ fn fixtures(only: &str) -> PathBuf {
         .arg(&dir)
         // 5 images: at least two per thread on two cores, so the NHWC path splits the batch.
         .args(["--only", only, "--batch", "5"])
+        .args(extra)
         .status()
         .expect("run fixtures.py");
     assert!(status.success(), "bench/python/fixtures.py failed; is requirements.txt installed in .venv?");
@@ -93,4 +98,67 @@ fn digits_matches_onnxruntime() {
 #[test]
 fn resnet18_matches_onnxruntime_with_batchnorm_folded() {
     compare("resnet18", 1000);
+}
+
+/// An ONNX-only network through the runner on every backend, with the CPU
+/// kernels (and folding) and with every node on burn's op, against
+/// onnxruntime: relative to the largest output, within 1e-4. Returns the
+/// kernels the runner chose with the CPU kernels on.
+fn compare_onnx(name: &str, extra: &[&str]) -> std::collections::BTreeMap<String, usize> {
+    let dir = fixtures_with(name, extra);
+    let io = std::fs::read(dir.join(format!("{name}_io.safetensors"))).expect("io");
+    let io = SafeTensors::deserialize(&io).expect("io safetensors");
+    let (in_shape, input) = tensor(&io, "input");
+    let (out_shape, expected) = tensor(&io, "output");
+    let graph = std::fs::read(dir.join(format!("{name}.onnx"))).expect("onnx");
+    let scale = expected.iter().map(|v| v.abs()).fold(0f32, f32::max).max(1.0);
+    let mut chosen = std::collections::BTreeMap::new();
+    for backend in BackendKind::all() {
+        let device = backend.device();
+        for options in [Options::for_device(&device), Options::burn_only()] {
+            let runner = OnnxModel::from_bytes_with(&graph, &device, options).expect("the runner loads it");
+            if options.cpu_kernels {
+                chosen = runner.overrides.clone();
+            }
+            let x = Value::floats(input.clone(), in_shape.clone(), &device).expect("input");
+            let y = runner.run(vec![x]).expect("run").swap_remove(0);
+            assert_eq!(y.shape, out_shape, "{name} on {backend}");
+            let got = y.to_f32s().expect("f32 output");
+            let worst = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            eprintln!("{name} on {backend} with {options:?}: max |runner - onnxruntime| = {worst:e} (scale {scale})");
+            assert!(worst <= 1e-4 * scale, "{name} on {backend} with {options:?}: {worst} from onnxruntime");
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+    chosen
+}
+
+fn runs_on(chosen: &std::collections::BTreeMap<String, usize>, kernel: &str) -> bool {
+    chosen.keys().any(|k| k.starts_with(kernel))
+}
+
+#[test]
+fn convolution_and_pooling_settings_of_real_exports_match_onnxruntime_with_and_without_cpu_kernels() {
+    let chosen = compare_onnx("geometry", &[]);
+    eprintln!("geometry: {chosen:?}");
+    for k in ["Conv (im2col + GEMM", "Conv (depthwise", "MaxPool", "Concat", "GlobalAveragePool"] {
+        assert!(runs_on(&chosen, k), "geometry runs no {k} kernel: {chosen:?}");
+    }
+}
+
+#[test]
+fn mobilenet_v2_with_depthwise_convolutions_matches_onnxruntime_with_and_without_cpu_kernels() {
+    let chosen = compare_onnx("mobilenetv2", &["--side", "64"]);
+    eprintln!("mobilenetv2: {chosen:?}");
+    assert_eq!(chosen.get("BatchNormalization (folded)"), Some(&52), "every BatchNormalization folds: {chosen:?}");
+    assert!(runs_on(&chosen, "Conv (depthwise + Clip)"), "{chosen:?}");
+    assert!(runs_on(&chosen, "Conv (im2col + GEMM + Add)"), "the shortcut Add fuses: {chosen:?}");
+}
+
+#[test]
+fn squeezenet_and_resnet50_match_onnxruntime_with_and_without_cpu_kernels() {
+    let squeeze = compare_onnx("squeezenet", &[]);
+    assert!(runs_on(&squeeze, "Concat") && runs_on(&squeeze, "Conv (im2col + GEMM + Relu)"), "{squeeze:?}");
+    let resnet = compare_onnx("resnet50", &[]);
+    assert!(runs_on(&resnet, "Conv (im2col + GEMM + Add + Relu)"), "the shortcut Sum fuses: {resnet:?}");
 }

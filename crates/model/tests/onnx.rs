@@ -11,7 +11,7 @@
 
 use scorefleet_core::traits::{Predictor, Preprocessor};
 use scorefleet_model::manifest::{Manifest, repo_manifest};
-use scorefleet_model::onnx::OnnxModel;
+use scorefleet_model::onnx::{OnnxModel, Options};
 use scorefleet_model::onnx::conformance::{CLAIMED, case_dirs, case_op, run_case};
 use scorefleet_model::weights::{NoFetcher, sha256_hex};
 use scorefleet_model::{BackendKind, Limits, ModelError, load_model, load_model_from_bytes};
@@ -57,18 +57,25 @@ fn suite() -> &'static Path {
     })
 }
 
+/// With the CPU kernels and folding (what a CPU worker serves) and with every
+/// node on burn's op: both match the suite, and the kernels really run.
 #[test]
-fn the_nine_light_models_match_the_suites_expected_outputs() {
+fn the_nine_light_models_match_the_suites_expected_outputs_with_and_without_cpu_kernels() {
     let dirs = case_dirs(suite(), "light");
     assert_eq!(dirs.len(), 9, "the onnx wheel ships nine light models");
     let device = device();
-    let failed: Vec<String> = dirs
-        .iter()
-        .map(|d| run_case(d, "light", &device))
-        .filter(|r| !r.passed)
-        .map(|r| format!("{}: {}", r.case, r.reason))
-        .collect();
-    assert!(failed.is_empty(), "light models failed:\n  {}", failed.join("\n  "));
+    for options in [Options::for_device(&device), Options::burn_only()] {
+        let results: Vec<_> = dirs.iter().map(|d| run_case(d, "light", &device, options)).collect();
+        let failed: Vec<String> =
+            results.iter().filter(|r| !r.passed).map(|r| format!("{}: {}", r.case, r.reason)).collect();
+        assert!(failed.is_empty(), "light models failed with {options:?}:\n  {}", failed.join("\n  "));
+        let overridden = results.iter().filter(|r| r.overrides > 0).count();
+        if options.cpu_kernels {
+            assert_eq!(overridden, 9, "every light model has convolutions the CPU kernels run");
+        } else {
+            assert_eq!(overridden, 0, "burn_only overrides nothing");
+        }
+    }
 }
 
 /// Node cases the runner gets wrong at run time, each for a reason the
@@ -106,7 +113,7 @@ fn a_sample_of_node_cases_of_every_claimed_operator_passes_or_is_refused_at_load
         if *n >= PER_OP && !KNOWN_GAPS.contains(&name.as_str()) {
             continue;
         }
-        let r = run_case(&dir, "node", &device);
+        let r = run_case(&dir, "node", &device, Options::for_device(&device));
         if r.reason.starts_with("refused at load") {
             continue;
         }

@@ -17,7 +17,7 @@ use scorefleet_model::backend::BackendKind;
 use scorefleet_model::bench::{BenchInput, ForwardPath, bench_network};
 use scorefleet_model::manifest::{Channels, Manifest, repo_manifest};
 use scorefleet_model::mnist::{self, Mnist};
-use scorefleet_model::onnx::OnnxModel;
+use scorefleet_model::onnx::{OnnxModel, Options};
 use scorefleet_model::onnx::value::Value;
 use scorefleet_model::predictor::Network;
 use scorefleet_model::train::{self, TrainConfig};
@@ -86,12 +86,13 @@ enum Command {
     },
     /// Time burn inference (the burn half of `bench/inference`): one JSON line per batch size.
     Bench {
-        /// `digits` or `resnet18`.
+        /// `digits` or `resnet18` (with --weights), else the name the rows carry.
         #[arg(long)]
         arch: String,
-        /// PyTorch-layout safetensors weights.
+        /// PyTorch-layout safetensors weights of `--arch` (for the `nhwc` and
+        /// `reference` paths; ONNX paths need only --onnx).
         #[arg(long)]
-        weights: PathBuf,
+        weights: Option<PathBuf>,
         /// Safetensors file with an `input` tensor [n, c, h, w] (n ≥ the largest batch).
         #[arg(long)]
         input: PathBuf,
@@ -108,7 +109,8 @@ enum Command {
         #[arg(long, default_value_t = 1.0)]
         min_seconds: f64,
         /// Forward paths, comma-separated: `nhwc` (served), `reference` (burn
-        /// modules), `onnx` (the --onnx graph through the runner).
+        /// modules), `onnx` (the --onnx graph through the runner, CPU kernels
+        /// on), `onnx-burn` (the same, every node on burn's op).
         #[arg(long, value_delimiter = ',', default_value = "nhwc")]
         paths: Vec<ForwardPath>,
         /// The same network as an ONNX file, for the `onnx` path.
@@ -177,7 +179,29 @@ enum Command {
         /// burn backend.
         #[arg(long, env = "SCOREFLEET_BACKEND")]
         backend: Option<BackendKind>,
+        /// `auto`: the CPU kernels and folding the backend gets by default;
+        /// `burn`: every node on burn's own op.
+        #[arg(long, value_enum, default_value = "auto")]
+        kernels: Kernels,
     },
+}
+
+/// Which ONNX runner options a command uses.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Kernels {
+    /// [`Options::for_device`].
+    Auto,
+    /// [`Options::burn_only`].
+    Burn,
+}
+
+impl Kernels {
+    fn options(self, device: &burn::tensor::Device) -> Options {
+        match self {
+            Kernels::Auto => Options::for_device(device),
+            Kernels::Burn => Options::burn_only(),
+        }
+    }
 }
 
 fn main() -> Result<()> {
@@ -260,7 +284,6 @@ fn main() -> Result<()> {
             }
         }
         Command::Bench { arch, weights: wpath, input, classes, batches, backends, min_seconds, paths, onnx } => {
-            let bytes = std::fs::read(&wpath).with_context(|| wpath.display().to_string())?;
             let raw = std::fs::read(&input).with_context(|| input.display().to_string())?;
             let st = safetensors::SafeTensors::deserialize(&raw)?;
             let t = st.tensor("input")?;
@@ -268,35 +291,39 @@ fn main() -> Result<()> {
             if shape.len() != 4 {
                 bail!("input must be [n, c, h, w], found {shape:?}");
             }
+            let chw = [shape[1], shape[2], shape[3]];
             let data: Vec<f32> =
                 t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
             let backends = if backends.is_empty() { BackendKind::all() } else { backends };
             for backend in backends {
-                let net =
-                    Network::load(&arch, classes, bytes.clone(), &wpath.display().to_string(), &backend.device())?;
+                let device = backend.device();
                 for &path in &paths {
-                    let graph_net;
-                    let net = if path == ForwardPath::Onnx {
-                        let file = onnx.as_ref().context("--paths onnx needs --onnx FILE")?;
-                        let bytes = std::fs::read(file).with_context(|| file.display().to_string())?;
-                        let model = OnnxModel::from_bytes(&bytes, &backend.device())?;
-                        let shape = [shape[1], shape[2], shape[3]];
-                        let manifest = Manifest { input_shape: shape, ..Manifest::default() };
-                        graph_net = Network::Onnx(Box::new(scorefleet_model::predictor::OnnxNet::new(
-                            model,
-                            &manifest,
-                            &file.display().to_string(),
-                        )?));
-                        &graph_net
-                    } else {
-                        &net
+                    let net = match path {
+                        ForwardPath::Onnx | ForwardPath::OnnxBurn => {
+                            let file = onnx.as_ref().context("--paths onnx needs --onnx FILE")?;
+                            let bytes = std::fs::read(file).with_context(|| file.display().to_string())?;
+                            let options = if path == ForwardPath::Onnx {
+                                Options::for_device(&device)
+                            } else {
+                                Options::burn_only()
+                            };
+                            let model = OnnxModel::from_bytes_with(&bytes, &device, options)?;
+                            let manifest = Manifest { input_shape: chw, ..Manifest::default() };
+                            let name = file.display().to_string();
+                            Network::Onnx(Box::new(scorefleet_model::predictor::OnnxNet::new(model, &manifest, &name)?))
+                        }
+                        ForwardPath::Nhwc | ForwardPath::Reference => {
+                            let wpath = wpath.as_ref().context("--paths nhwc and reference need --weights FILE")?;
+                            let bytes = std::fs::read(wpath).with_context(|| wpath.display().to_string())?;
+                            Network::load(&arch, classes, bytes, &wpath.display().to_string(), &device)?
+                        }
                     };
                     let rows = bench_network(
                         &arch,
-                        net,
+                        &net,
                         backend,
                         path,
-                        BenchInput { images: &data, chw: [shape[1], shape[2], shape[3]] },
+                        BenchInput { images: &data, chw },
                         &batches,
                         std::time::Duration::from_secs_f64(min_seconds),
                     )?;
@@ -402,7 +429,7 @@ fn main() -> Result<()> {
                 std::process::exit(1);
             }
         }
-        Command::Conformance { data, suite, sample, json, backend } => {
+        Command::Conformance { data, suite, sample, json, backend, kernels } => {
             use scorefleet_model::onnx::conformance::{CLAIMED, case_dirs, case_op, run_case};
             let device = pick(backend)?.device();
             let mut results = Vec::new();
@@ -420,7 +447,7 @@ fn main() -> Result<()> {
                         }
                         *taken += 1;
                     }
-                    let r = run_case(&dir, s, &device);
+                    let r = run_case(&dir, s, &device, kernels.options(&device));
                     if json {
                         println!("{}", serde_json::to_string(&r)?);
                     } else if !r.passed {

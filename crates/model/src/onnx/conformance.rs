@@ -6,7 +6,7 @@
 //! Tolerances are the suite's own: node cases `|got − want| ≤ atol + rtol·|want|`
 //! with rtol 1e-3, atol 1e-7; light models `max |diff| ≤ 1e-4 · max |want|`.
 
-use super::OnnxModel;
+use super::{OnnxModel, Options};
 use super::value::Value;
 use burn::prelude::*;
 use burn::tensor::TensorData;
@@ -107,6 +107,8 @@ pub struct CaseResult {
     pub max_abs_diff: f64,
     /// Why it failed or was refused (empty when passed).
     pub reason: String,
+    /// Nodes run by a CPU kernel or folded at load ([`OnnxModel::overrides`]).
+    pub overrides: usize,
 }
 
 /// Reads a serialized `TensorProto` (`input_0.pb`) as tensor data.
@@ -189,8 +191,8 @@ pub fn case_op(dir: &Path) -> String {
         .unwrap_or_default()
 }
 
-/// Runs one case directory through the runner on `device`.
-pub fn run_case(dir: &Path, suite: &str, device: &Device) -> CaseResult {
+/// Runs one case directory through the runner on `device` with `options`.
+pub fn run_case(dir: &Path, suite: &str, device: &Device, options: Options) -> CaseResult {
     let case = dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let mut out = CaseResult {
         suite: suite.into(),
@@ -199,6 +201,7 @@ pub fn run_case(dir: &Path, suite: &str, device: &Device) -> CaseResult {
         passed: false,
         max_abs_diff: 0.0,
         reason: String::new(),
+        overrides: 0,
     };
     let bytes = match std::fs::read(dir.join("model.onnx")) {
         Ok(b) => b,
@@ -207,7 +210,7 @@ pub fn run_case(dir: &Path, suite: &str, device: &Device) -> CaseResult {
             return out;
         }
     };
-    let model = match OnnxModel::from_bytes(&bytes, device) {
+    let model = match OnnxModel::from_bytes_with(&bytes, device, options) {
         Ok(m) => m,
         Err(e) => {
             out.op = OnnxModel::inspect(&bytes)
@@ -218,6 +221,7 @@ pub fn run_case(dir: &Path, suite: &str, device: &Device) -> CaseResult {
         }
     };
     out.op = model.inspection.operators.keys().cloned().collect::<Vec<_>>().join("+");
+    out.overrides = model.overrides.values().sum();
     let mut sets: Vec<PathBuf> = std::fs::read_dir(dir)
         .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).filter(|p| p.is_dir()).collect())
         .unwrap_or_default();

@@ -11,13 +11,18 @@
 //! inputs.
 
 pub mod conformance;
+pub mod host;
 pub mod ops;
+pub mod plan;
 pub mod value;
+
+pub use plan::Options;
 
 use crate::error::ModelError;
 use burn::prelude::*;
 use onnx_ir::{ArgType, Message, ModelProto, Node, OnnxGraphBuilder, ValueSource};
 use std::collections::{BTreeMap, HashMap};
+use host::Held;
 use value::Value;
 
 /// Where a node input comes from.
@@ -39,6 +44,10 @@ struct Step {
     label: String,
     args: Vec<Arg>,
     outs: Vec<Option<usize>>,
+    /// The CPU kernel that runs this node instead of burn's op ([`plan::choose_kernels`]).
+    kernel: Option<host::Kernel>,
+    /// Nodes folded or fused into this one (their labels).
+    folded: Vec<String>,
 }
 
 /// A graph input or output as the file declares it.
@@ -100,6 +109,10 @@ pub struct OnnxModel {
     device: Device,
     /// The file's interface and operators.
     pub inspection: Inspection,
+    /// What load changed: CPU kernel → how many nodes run on it, and
+    /// `BatchNormalization (folded)` → how many were folded. Empty with
+    /// [`Options::burn_only`].
+    pub overrides: BTreeMap<String, usize>,
 }
 
 /// The file's own view: opset, and for each node output its operator type and node name.
@@ -171,8 +184,15 @@ impl OnnxModel {
     }
 
     /// Parses `bytes`, refuses a graph with an operator the runner does not
-    /// execute (naming it, its node and the opset), and loads the constants on `device`.
+    /// execute (naming it, its node and the opset), and loads the constants on
+    /// `device`, with the load-time rewrites and CPU kernels `device` gets by
+    /// default ([`Options::for_device`]).
     pub fn from_bytes(bytes: &[u8], device: &Device) -> Result<OnnxModel, ModelError> {
+        Self::from_bytes_with(bytes, device, Options::for_device(device))
+    }
+
+    /// [`OnnxModel::from_bytes`] with the rewrites and kernels of `options`.
+    pub fn from_bytes_with(bytes: &[u8], device: &Device, options: Options) -> Result<OnnxModel, ModelError> {
         let view = proto_view(bytes)?;
         let graph = parse(bytes)?;
         let inspection = inspection(&graph, &view);
@@ -229,9 +249,9 @@ impl OnnxModel {
             }
             let outs =
                 node.outputs().iter().map(|o| (!o.name.is_empty()).then(|| slot_of(&o.name, &mut names))).collect();
-            steps.push(Step { node: node.clone(), label, args, outs });
+            steps.push(Step { node: node.clone(), label, args, outs, kernel: None, folded: Vec::new() });
         }
-        let mut outputs = Vec::new();
+        let mut outputs: Vec<Arg> = Vec::new();
         for o in &graph.outputs {
             outputs.push(if let Some(v) = konst(o)? {
                 Arg::Const(Box::new(v))
@@ -242,15 +262,34 @@ impl OnnxModel {
                 Arg::Slot { slot, last: false }
             });
         }
+        let slots = names.len();
+        let mut overrides = BTreeMap::new();
+        if options.fold {
+            let computed = plan::fold_constants(&mut steps, &mut outputs, slots, view.opset, device);
+            if computed > 0 {
+                overrides.insert("constant (computed at load)".to_string(), computed);
+            }
+            let folded = plan::fold_batch_norms(&mut steps, &outputs, slots, device)?;
+            if folded > 0 {
+                overrides.insert("BatchNormalization (folded)".to_string(), folded);
+            }
+        }
+        if options.cpu_kernels {
+            plan::choose_kernels(&mut steps, &outputs, slots)?;
+            for k in steps.iter().filter_map(|s| s.kernel.as_ref()) {
+                *overrides.entry(k.name()).or_insert(0) += 1;
+            }
+        }
         mark_last_reads(&mut steps, &outputs);
         Ok(OnnxModel {
             steps,
             input_slots,
             outputs,
-            slots: names.len(),
+            slots,
             opset: view.opset,
             device: device.clone(),
             inspection,
+            overrides,
         })
     }
 
@@ -270,23 +309,29 @@ impl OnnxModel {
                 self.input_slots.len()
             )));
         }
-        let mut env: Vec<Option<Value>> = vec![None; self.slots];
+        let mut env: Vec<Option<Held>> = vec![None; self.slots];
         for (slot, v) in self.input_slots.iter().zip(inputs) {
-            env[*slot] = Some(v);
+            env[*slot] = Some(Held::Burn(v));
         }
+        let device = &self.device;
         for step in &self.steps {
             let mut given = Vec::with_capacity(step.args.len());
             for a in &step.args {
                 given.push(match a {
                     Arg::Absent => None,
-                    Arg::Const(v) => Some(Value::clone(v)),
+                    Arg::Const(v) => Some(Held::Burn(Value::clone(v))),
                     Arg::Slot { slot, last: true } => env[*slot].take(),
                     Arg::Slot { slot, last: false } => env[*slot].clone(),
                 });
             }
-            let node = &step.node;
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                ops::run(node, ops::Inputs(given), self.opset, &self.device)
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match &step.kernel {
+                Some(k) if k.applies(&given) => k.run(given, &step.label, device).map(|h| vec![h]),
+                _ => {
+                    let values = given.into_iter().map(|h| h.map(|h| h.into_value(device)).transpose());
+                    let values = values.collect::<Result<Vec<_>, String>>()?;
+                    let outs = ops::run(&step.node, ops::Inputs(values), self.opset, device)?;
+                    Ok(outs.into_iter().map(Held::Burn).collect())
+                }
             }));
             let outs = match result {
                 Ok(Ok(outs)) => outs,
@@ -310,9 +355,11 @@ impl OnnxModel {
             .iter()
             .map(|o| match o {
                 Arg::Const(v) => Ok(Value::clone(v)),
-                Arg::Slot { slot, .. } => {
-                    env[*slot].take().ok_or_else(|| ModelError::Inference("an output was not computed".into()))
-                }
+                Arg::Slot { slot, .. } => env[*slot]
+                    .take()
+                    .ok_or_else(|| ModelError::Inference("an output was not computed".into()))?
+                    .into_value(device)
+                    .map_err(ModelError::Inference),
                 Arg::Absent => Err(ModelError::Inference("an output is absent".into())),
             })
             .collect()

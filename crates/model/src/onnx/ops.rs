@@ -202,6 +202,22 @@ fn float_of(v: &Value) -> Tensor<R> {
     }
 }
 
+/// `a + b` with numpy broadcasting (a fused `Add` whose shapes differ).
+pub(super) fn add(a: &Value, b: &Value) -> Res<Value> {
+    binary(a, b, |a, b| a + b, |a, b| a + b)
+}
+
+/// `act(x)` on burn ops (a fused activation after a broadcasting `Add`).
+pub(super) fn activate(x: Value, act: crate::nhwc::Act) -> Res<Value> {
+    use crate::nhwc::Act;
+    match act {
+        Act::Identity => Ok(vec![x]),
+        Act::Relu => unary(x, activation::relu),
+        Act::Clip(lo, hi) => unary(x, |t| t.clamp(lo, hi)),
+    }
+    .map(|mut v| v.swap_remove(0))
+}
+
 /// Element-wise binary op with numpy broadcasting: floats, or integers when both are.
 fn binary(
     a: &Value,
@@ -271,7 +287,7 @@ fn same_pads(input: usize, kernel: usize, stride: usize, dilation: usize, upper:
     if upper { (small, need - small) } else { (need - small, small) }
 }
 
-fn pads_2d(
+pub(super) fn pads_2d(
     pad: &PaddingConfig2d,
     auto: &AutoPad,
     hw: [usize; 2],
