@@ -3,8 +3,13 @@
 (`scorefleet-model bench`, one process per round and model) and of
 onnxruntime (in process, 2 intra-op threads), keeps the best images/s of each
 (model, backend, path, batch) and prints the ratio burn/onnxruntime.
-Paths: `nhwc` is what the predictor serves; `reference` is the burn modules'
-own forward (burn conv2d), for before/after comparisons."""
+Paths: `nhwc` is what the predictor serves for the built-in digits and
+resnet18; `reference` is the burn modules' own forward (burn conv2d); `onnx`
+is the model's ONNX graph through scorefleet's runner with the CPU kernels it
+gets by default (per-node overrides, folding); `onnx-burn` the same graph with
+every node on burn's op. resnet50, squeezenet and mobilenetv2 are ONNX-only
+(bench/python/fixtures.py: the onnx wheel's light graphs with random weights,
+and a MobileNetV2 built with the onnx helper API): only the onnx paths run."""
 import argparse
 import json
 import os
@@ -19,22 +24,27 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import fixtures  # noqa: E402
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
-SHAPES = {"digits": (1, 28, 28), "resnet18": (3, 224, 224)}
-CLASSES = {"digits": 10, "resnet18": 1000}
+SHAPES = {"digits": (1, 28, 28), "resnet18": (3, 224, 224), **fixtures.ONNX_ONLY}
+CLASSES = {"digits": 10, "resnet18": 1000, "resnet50": 1000, "squeezenet": 1000, "mobilenetv2": 1000}
+ONNX_PATHS = {"onnx", "onnx-burn"}
 
 
 def prepare(model, work, max_batch, rng):
     """Weights, ONNX graph and a shared input batch for `model`."""
     weights = os.path.join(work, f"{model}.safetensors")
     onnx_path = os.path.join(work, f"{model}.onnx")
-    if model == "digits":
+    if model in fixtures.ONNX_ONLY:
+        fixtures.onnx.save(fixtures.onnx_only_model(model, np.random.default_rng(7)), onnx_path)
+        weights = None
+    elif model == "digits":
         w = fixtures.load_file(os.path.join(ROOT, "models", "digits", "digits.safetensors"))
         g = fixtures.digits_graph(w)
     else:
         w = fixtures.resnet_weights(np.random.default_rng(7))
         g = fixtures.resnet_graph(w)
-    fixtures.save_file(w, weights)
-    fixtures.onnx.save(g, onnx_path)
+    if weights:
+        fixtures.save_file(w, weights)
+        fixtures.onnx.save(g, onnx_path)
     x = rng.standard_normal((max_batch, *SHAPES[model])).astype(np.float32)
     inp = os.path.join(work, f"{model}_input.safetensors")
     save_file({"input": x}, inp)
@@ -44,15 +54,21 @@ def prepare(model, work, max_batch, rng):
 def ort_round(sess, x, batches, min_s):
     """{batch: (images/s, images per CPU second)}"""
     out = {}
+    name = sess.get_inputs()[0].name
     for b in batches:
-        feed = {"input": np.ascontiguousarray(x[:b])}
-        sess.run(["output"], feed)
+        feed = {name: np.ascontiguousarray(x[:b])}
+        sess.run(None, feed)
         calls, start, cpu = 0, time.perf_counter(), time.process_time()
         while calls < 2 or time.perf_counter() - start < min_s:
-            sess.run(["output"], feed)
+            sess.run(None, feed)
             calls += 1
         out[b] = (calls * b / (time.perf_counter() - start), calls * b / max(time.process_time() - cpu, 1e-9))
     return out
+
+
+def served(model):
+    """The path a worker serves this model on."""
+    return "onnx" if model in fixtures.ONNX_ONLY else "nhwc"
 
 
 def main():
@@ -65,7 +81,9 @@ def main():
     ap.add_argument("--min-seconds", type=float, default=0.5)
     ap.add_argument("--default-backend", default="flex")
     ap.add_argument("--paths", default="nhwc",
-                    help="comma-separated: nhwc (served), reference (burn modules), onnx (the same graph through the runner)")
+                    help="comma-separated: nhwc (served), reference (burn modules), onnx (the graph through the "
+                         "runner, CPU kernels on), onnx-burn (every node on burn's op); ONNX-only models run the "
+                         "onnx paths of this list, or both when it has none")
     ap.add_argument("--threads", type=int, default=2,
                     help="onnxruntime intra-op threads and burn's rayon threads (RAYON_NUM_THREADS)")
     ap.add_argument("--cpu-time", action="store_true",
@@ -84,9 +102,14 @@ def main():
     for r in range(args.rounds):
         for m in models:
             weights, graph, inp, x = prepared[m]
-            cmd = [args.bin, "bench", "--arch", m, "--weights", weights, "--input", inp,
+            paths = args.paths.split(",")
+            if weights is None:
+                paths = [p for p in paths if p in ONNX_PATHS] or sorted(ONNX_PATHS)
+            cmd = [args.bin, "bench", "--arch", m, "--input", inp,
                    "--classes", str(CLASSES[m]), "--batches", args.batches, "--min-seconds", str(args.min_seconds),
-                   "--paths", args.paths, "--onnx", graph]
+                   "--paths", ",".join(paths), "--onnx", graph]
+            if weights:
+                cmd += ["--weights", weights]
             res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
             for line in res.stdout.splitlines():
                 row = json.loads(line)
@@ -102,7 +125,7 @@ def main():
         ort_v = best.get((m, "onnxruntime", "", b))
         rows.append({
             "model": m, "backend": backend, "path": path or None,
-            "default_backend": backend == args.default_backend and path == "nhwc",
+            "default_backend": backend == args.default_backend and path == served(m),
             "batch": b, metric: round(v, 1), "threads": args.threads,
             "ratio_vs_onnxruntime": round(v / ort_v, 3) if ort_v else None,
         })
@@ -110,15 +133,15 @@ def main():
         for row in rows:
             print(json.dumps(row))
         return
-    print(f"{'model':<9} {'backend':<12} {'path':<10} {'batch':>5} {'img/cpu-s' if args.cpu_time else 'images/s':>10} {'burn/ort':>9}")
+    print(f"{'model':<11} {'backend':<12} {'path':<10} {'batch':>5} {'img/cpu-s' if args.cpu_time else 'images/s':>10} {'burn/ort':>9}")
     for row in rows:
         star = "*" if row["default_backend"] else " "
-        print(f"{row['model']:<9} {row['backend'] + star:<12} {row['path'] or '':<10} {row['batch']:>5} "
+        print(f"{row['model']:<11} {row['backend'] + star:<12} {row['path'] or '':<10} {row['batch']:>5} "
               f"{row[metric]:>10.1f} {row['ratio_vs_onnxruntime']:>9.3f}")
     print(f"* default; onnxruntime: CPUExecutionProvider, intra_op_num_threads={args.threads}, "
           f"burn: RAYON_NUM_THREADS={args.threads}; "
-          "path nhwc: served (NHWC im2col + burn matmul), reference: burn modules' forward, "
-          "onnx: the onnxruntime graph through scorefleet's ONNX runner (burn ops)")
+          "path nhwc: served built-ins (NHWC im2col + GEMM), reference: burn modules' forward, "
+          "onnx: the graph through scorefleet's ONNX runner with its CPU kernels, onnx-burn: every node on burn ops")
 
 
 if __name__ == "__main__":

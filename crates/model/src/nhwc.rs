@@ -41,6 +41,32 @@ thread_local! {
     /// calls: a fresh 512 KB `Vec` per chunk is a fresh `mmap` whose pages
     /// fault in on first touch.
     static SCRATCH: RefCell<(Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new())) };
+    /// Activation buffers of dropped [`Activations`], reused by the next
+    /// layers and batches on this thread: an activation of a large model is
+    /// tens of MB, which the allocator maps fresh (and the kernel zero-fills
+    /// page by page) every time otherwise.
+    static BUFFERS: RefCell<Vec<Vec<f32>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Buffers [`BUFFERS`] keeps per thread (a ResNet block's live activations,
+/// with room for the next batch's first layers).
+const KEPT_BUFFERS: usize = 8;
+
+/// A buffer of `len` floats, recycled when one is large enough. Its contents
+/// are left over from earlier use: callers write every element.
+fn buffer(len: usize) -> Vec<f32> {
+    let recycled = BUFFERS.with_borrow_mut(|pool| {
+        let best = pool.iter().enumerate().filter(|(_, b)| b.capacity() >= len).min_by_key(|(_, b)| b.capacity());
+        best.map(|(i, _)| i).map(|i| pool.swap_remove(i))
+    });
+    match recycled {
+        Some(mut b) => {
+            b.truncate(len);
+            b.resize(len, 0.0);
+            b
+        }
+        None => vec![0.0; len],
+    }
 }
 
 /// `dst[m, n] = lhs[m, k] × rhs[k, n]` (`accumulate`: `dst += …`), all row-major
@@ -105,6 +131,22 @@ pub struct Activations {
     pub channels: usize,
 }
 
+impl Drop for Activations {
+    fn drop(&mut self) {
+        let data = std::mem::take(&mut self.data);
+        if data.capacity() >= 1 << 16 {
+            BUFFERS.with_borrow_mut(|pool| {
+                pool.push(data);
+                if pool.len() > KEPT_BUFFERS {
+                    // The smallest goes.
+                    let smallest = pool.iter().enumerate().min_by_key(|(_, b)| b.capacity()).map(|(i, _)| i);
+                    smallest.map(|i| pool.swap_remove(i));
+                }
+            });
+        }
+    }
+}
+
 impl Activations {
     /// Converts an NCHW tensor: images: [batch, channels, height, width] → NHWC.
     pub fn from_nchw(images: Tensor<4>) -> Result<Self, ModelError> {
@@ -120,7 +162,7 @@ impl Activations {
         let data = if channels == 1 {
             src.to_vec()
         } else {
-            let mut out = vec![0.0; src.len()];
+            let mut out = buffer(src.len());
             for (img_out, img_in) in out.chunks_exact_mut(channels * plane).zip(src.chunks_exact(channels * plane)) {
                 for (c, ch) in img_in.chunks_exact(plane).enumerate() {
                     for (p, v) in ch.iter().enumerate() {
@@ -165,8 +207,9 @@ impl Activations {
         let (c, h, w) = (self.channels, self.height, self.width);
         let (oh, ow) = pool.out_hw(h, w)?;
         let ([kh, kw], [sh, sw], [dh, dw]) = (pool.kernel, pool.stride, pool.dilation);
-        let mut out = vec![f32::NEG_INFINITY; self.batch * oh * ow * c];
+        let mut out = buffer(self.batch * oh * ow * c);
         let pool_row = |(row, dst): (usize, &mut [f32])| {
+            dst.fill(f32::NEG_INFINITY);
             let (b, oy) = (row / oh, row % oh);
             let img = &self.data[b * h * w * c..(b + 1) * h * w * c];
             for ky in 0..kh {
@@ -198,7 +241,7 @@ impl Activations {
         if c == 1 || plane == 1 {
             return self.data.clone();
         }
-        let mut out = vec![0.0; self.data.len()];
+        let mut out = buffer(self.data.len());
         for (img_out, img_in) in out.chunks_exact_mut(c * plane).zip(self.data.chunks_exact(c * plane)) {
             for (p, px) in img_in.chunks_exact(c).enumerate() {
                 for (ch, v) in px.iter().enumerate() {
@@ -216,11 +259,13 @@ impl Activations {
         if parts.iter().any(|p| (p.batch, p.height, p.width) != (first.batch, first.height, first.width)) {
             return None;
         }
-        let channels = parts.iter().map(|p| p.channels).sum();
-        let mut data = Vec::with_capacity(first.batch * first.plane() * channels);
-        for px in 0..first.batch * first.plane() {
+        let channels: usize = parts.iter().map(|p| p.channels).sum();
+        let mut data = buffer(first.batch * first.plane() * channels);
+        for (px, dst) in data.chunks_exact_mut(channels.max(1)).enumerate() {
+            let mut at = 0;
             for p in parts {
-                data.extend_from_slice(&p.data[px * p.channels..(px + 1) * p.channels]);
+                dst[at..at + p.channels].copy_from_slice(&p.data[px * p.channels..(px + 1) * p.channels]);
+                at += p.channels;
             }
         }
         Some(Activations { data, batch: first.batch, height: first.height, width: first.width, channels })
@@ -495,7 +540,8 @@ impl GemmConv {
             let r = (CHUNK_FLOATS / k).max(MIN_ROWS).min(rows.div_ceil(threads)).max(1);
             (r, r)
         };
-        let mut out = vec![0.0f32; x.batch * ph * pw * self.c_out];
+        // Every element is written below (bias, pooled maxima).
+        let mut out = buffer(x.batch * ph * pw * self.c_out);
         if out.is_empty() {
             return Ok(Activations { data: out, batch: x.batch, height: ph, width: pw, channels: self.c_out });
         }
@@ -708,7 +754,8 @@ impl DepthwiseConv {
         {
             return Err(ModelError::Inference("residual shape differs from the convolution output".into()));
         }
-        let mut out = vec![0.0f32; x.batch * oh * ow * c];
+        // Every row starts from the bias (and shortcut), so all is written.
+        let mut out = buffer(x.batch * oh * ow * c);
         let [kh, kw] = self.kernel;
         let (h, w) = (x.height, x.width);
         let row = |(r, dst): (usize, &mut [f32])| {
