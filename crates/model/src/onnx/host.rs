@@ -108,8 +108,10 @@ pub enum Kernel {
         padding: Padding,
         /// The step's second input is added before `act`.
         residual: bool,
-        /// Applied last.
+        /// Applied after the shortcut.
         act: Act,
+        /// A following 2×2, stride-2 `MaxPool` (no shortcut then).
+        pool2: bool,
     },
     /// `MaxPool` (one output).
     MaxPool {
@@ -134,7 +136,7 @@ impl Kernel {
     /// A short name for [`super::OnnxModel::overrides`].
     pub fn name(&self) -> String {
         match self {
-            Kernel::Conv { conv, residual, act, .. } => {
+            Kernel::Conv { conv, residual, act, pool2, .. } => {
                 let mut s = match conv {
                     ConvKernel::Gemm(_) => "Conv (im2col + GEMM".to_string(),
                     ConvKernel::Depthwise(_) => "Conv (depthwise".to_string(),
@@ -146,6 +148,9 @@ impl Kernel {
                     Act::Identity => {}
                     Act::Relu => s.push_str(" + Relu"),
                     Act::Clip(..) => s.push_str(" + Clip"),
+                }
+                if *pool2 {
+                    s.push_str(" + MaxPool");
                 }
                 s.push(')');
                 s
@@ -184,7 +189,7 @@ impl Kernel {
         };
         let err = |e: crate::ModelError| e.to_string();
         Ok(match self {
-            Kernel::Conv { conv, padding, residual, act } => {
+            Kernel::Conv { conv, padding, residual, act, pool2 } => {
                 let x = take(0)?.into_host(what)?;
                 let pad = padding.resolve(x.height, x.width);
                 let plain = |x: &Activations, e: Epilogue<'_>| match conv {
@@ -192,7 +197,8 @@ impl Kernel {
                     ConvKernel::Depthwise(c) => c.forward_padded(x, pad, e, true),
                 };
                 if !*residual {
-                    return Ok(Held::Host(Arc::new(plain(&x, Epilogue { act: *act, ..Epilogue::default() }).map_err(err)?)));
+                    let epilogue = Epilogue { act: *act, pool2: *pool2, residual: None };
+                    return Ok(Held::Host(Arc::new(plain(&x, epilogue).map_err(err)?)));
                 }
                 let shortcut = take(1)?;
                 let dims = match conv {

@@ -203,6 +203,18 @@ pub(super) fn fold_batch_norms(
     Ok(gone.len())
 }
 
+/// A 2×2, stride-2 max pooling without padding (floor mode): the one
+/// [`crate::nhwc::Epilogue::pool2`] computes.
+fn is_pool2(c: &onnx_ir::node::max_pool2d::MaxPool2dConfig) -> bool {
+    use onnx_ir::node::padding::{AutoPad, PaddingConfig2d};
+    c.kernel_size == [2, 2]
+        && c.strides == [2, 2]
+        && c.dilation == [1, 1]
+        && !c.ceil_mode
+        && matches!(c.auto_pad, AutoPad::NotSet | AutoPad::Valid)
+        && matches!(c.padding, PaddingConfig2d::Valid | PaddingConfig2d::Explicit(0, 0, 0, 0))
+}
+
 /// `Add`, or `Sum` of two inputs (older exports' shortcut).
 fn is_add(step: &Step) -> bool {
     match step.node {
@@ -326,8 +338,23 @@ pub(super) fn choose_kernels(steps: &mut Vec<Step>, outputs: &[Arg], slots: usiz
                 steps[i].folded.push(label);
                 gone.insert(j);
             }
+            // … → MaxPool 2×2, stride 2, unpadded (pooled in the store).
+            let mut pool2 = false;
+            if !residual
+                && matches!(conv, ConvKernel::Gemm(_))
+                && let Some((j, 0)) = sole_reader(&readers, &graph_out, out)
+                && single_output(&steps[j])
+                && let Node::MaxPool2d(n) = &steps[j].node
+                && is_pool2(&n.config)
+            {
+                pool2 = true;
+                out = steps[j].outs[0];
+                let label = steps[j].label.clone();
+                steps[i].folded.push(label);
+                gone.insert(j);
+            }
             steps[i].outs = vec![out];
-            Some(Kernel::Conv { conv, padding, residual, act })
+            Some(Kernel::Conv { conv, padding, residual, act, pool2 })
         } else if !from_host(&steps[i]) || !single_output(&steps[i]) {
             None
         } else {
