@@ -12,11 +12,12 @@
 #   make docs         regenerate docs/configuration.md from the binaries' --help
 #   make docs-check   fail if docs/configuration.md is stale (CI)
 #   make report-screenshot  a PNG of the demo's report, drawn by headless Chromium
+#   make test-wgpu    the ONNX tests and an ONNX worker on burn-wgpu (a GPU, or lavapipe on the CPU)
 
 SHELL := bash
 CARGO ?= cargo
 
-.PHONY: test test-moto nextest fmt lint validate-deploy demo demo-ci chaos-ci bins docs docs-check report-screenshot
+.PHONY: test-wgpu test test-moto nextest fmt lint validate-deploy demo demo-ci chaos-ci bins docs docs-check report-screenshot
 
 # One build of the binaries for the demo, demo-ci, chaos-ci and the docs: the
 # debug profile `make test` uses (dependencies optimised), with the whole
@@ -51,6 +52,17 @@ chaos-ci: bins
 	BENCH_NO_BUILD=1 bench/chaos --jobs 3000 --unique 300 --workers 3 --kill-every 1 --term-every 2 \
 	    --cut-every 3 --cut-seconds 1 --no-baseline --require-faults --timeout 600 \
 	    --bin-dir $(CHAOS_TARGET_DIR)/debug --out out/chaos-ci --json
+
+# burn-wgpu as the only backend (so every model, test and worker runs on it;
+# the runner's CPU kernels stay off there): the light models, the ONNX-only
+# networks against onnxruntime, and workers serving ONNX models end to end.
+# Not in .ci/run: a separate build of the wgpu stack, and slow on lavapipe.
+WGPU_FEATURES = --no-default-features --features wgpu
+test-wgpu: nextest
+	scripts/wgpu-setup.sh
+	WGPU_BACKEND=vulkan $(CARGO) nextest run -p scorefleet-model $(WGPU_FEATURES) --test onnx --test import --no-fail-fast
+	WGPU_BACKEND=vulkan SCOREFLEET_REQUIRE_EMULATOR=1 scripts/with-stack.sh \
+	    $(CARGO) nextest run -p scorefleet-worker $(WGPU_FEATURES) --test onnx_models --no-fail-fast
 
 test-moto:
 	SCOREFLEET_EMULATOR=moto $(MAKE) --no-print-directory test

@@ -303,9 +303,9 @@ impl Pool {
         if self.kernel.contains(&0) || self.stride.contains(&0) || self.dilation.contains(&0) {
             return Err(ModelError::Inference("pooling with a zero kernel, stride or dilation".into()));
         }
-        axis(h, 0)
-            .zip(axis(w, 1))
-            .ok_or_else(|| ModelError::Inference(format!("pooling window {:?} larger than its {h}×{w} input", self.kernel)))
+        axis(h, 0).zip(axis(w, 1)).ok_or_else(|| {
+            ModelError::Inference(format!("pooling window {:?} larger than its {h}×{w} input", self.kernel))
+        })
     }
 }
 
@@ -1011,7 +1011,8 @@ mod tests {
                 let x = random([3, c_in, h, w], &device);
                 let wt = random([c_out, c_in / groups, k[0], k[1]], &device);
                 let bias = Tensor::<1>::random([c_out], Distribution::Normal(0.0, 1.0), &device);
-                let opts = ConvOptions::new_with_padding(stride, [(pad[0], pad[2]), (pad[1], pad[3])], dilation, groups);
+                let opts =
+                    ConvOptions::new_with_padding(stride, [(pad[0], pad[2]), (pad[1], pad[3])], dilation, groups);
                 let reference = conv2d(x.clone(), wt.clone(), Some(bias.clone()), opts);
                 let shortcut = random(reference.dims(), &device);
                 let expected = (reference + shortcut.clone()).clamp(-0.5, 1.0);
@@ -1070,7 +1071,8 @@ mod tests {
         for backend in BackendKind::all() {
             let device = backend.device();
             let (a, b) = (random([2, 3, 4, 5], &device), random([2, 6, 4, 5], &device));
-            let (xa, xb) = (Activations::from_nchw(a.clone()).expect("a"), Activations::from_nchw(b.clone()).expect("b"));
+            let (xa, xb) =
+                (Activations::from_nchw(a.clone()).expect("a"), Activations::from_nchw(b.clone()).expect("b"));
             assert_eq!(xa.to_nchw(), values(a.clone()));
             let cat = Activations::concat_channels(&[&xa, &xb]).expect("same batch and size");
             assert_eq!(cat.to_nchw(), values(Tensor::cat(vec![a, b], 1)));

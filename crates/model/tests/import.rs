@@ -9,8 +9,8 @@
 
 use safetensors::SafeTensors;
 use scorefleet_model::BackendKind;
-use scorefleet_model::onnx::{OnnxModel, Options};
 use scorefleet_model::onnx::value::Value;
+use scorefleet_model::onnx::{OnnxModel, Options};
 use scorefleet_model::predictor::Network;
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -11,8 +11,8 @@
 
 use scorefleet_core::traits::{Predictor, Preprocessor};
 use scorefleet_model::manifest::{Manifest, repo_manifest};
-use scorefleet_model::onnx::{OnnxModel, Options};
 use scorefleet_model::onnx::conformance::{CLAIMED, case_dirs, case_op, run_case};
+use scorefleet_model::onnx::{OnnxModel, Options};
 use scorefleet_model::weights::{NoFetcher, sha256_hex};
 use scorefleet_model::{BackendKind, Limits, ModelError, load_model, load_model_from_bytes};
 use std::collections::BTreeMap;

@@ -6,8 +6,8 @@
 //! Tolerances are the suite's own: node cases `|got − want| ≤ atol + rtol·|want|`
 //! with rtol 1e-3, atol 1e-7; light models `max |diff| ≤ 1e-4 · max |want|`.
 
-use super::{OnnxModel, Options};
 use super::value::Value;
+use super::{OnnxModel, Options};
 use burn::prelude::*;
 use burn::tensor::TensorData;
 use onnx_ir::{Message, TensorProto};

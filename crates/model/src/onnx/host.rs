@@ -20,6 +20,9 @@ use std::sync::Arc;
 
 /// A value between two nodes: a burn tensor, or channels-last floats that a
 /// CPU kernel wrote.
+// A `Value` is passed by value between every node already; boxing it here
+// would add an allocation per node for no saving.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Clone)]
 pub enum Held {
     /// A burn tensor (ONNX layout).
@@ -172,8 +175,9 @@ impl Kernel {
         let hosts: Option<Vec<&Activations>> = inputs.iter().map(|h| h.as_ref().and_then(Held::as_host)).collect();
         match self {
             Kernel::Add => hosts.is_some_and(|h| {
-                h.len() == 2 && (h[0].batch, h[0].height, h[0].width, h[0].channels)
-                    == (h[1].batch, h[1].height, h[1].width, h[1].channels)
+                h.len() == 2
+                    && (h[0].batch, h[0].height, h[0].width, h[0].channels)
+                        == (h[1].batch, h[1].height, h[1].width, h[1].channels)
             }),
             Kernel::ConcatChannels => hosts.is_some_and(|h| {
                 h.iter().all(|a| (a.batch, a.height, a.width) == (h[0].batch, h[0].height, h[0].width))
@@ -184,9 +188,8 @@ impl Kernel {
 
     /// Runs the kernel (after [`Kernel::applies`]); `what` names the node.
     pub fn run(&self, mut inputs: Vec<Option<Held>>, what: &str, device: &Device) -> Result<Held, String> {
-        let mut take = |i: usize| {
-            inputs.get_mut(i).and_then(Option::take).ok_or_else(|| format!("{what}: input {i} is missing"))
-        };
+        let mut take =
+            |i: usize| inputs.get_mut(i).and_then(Option::take).ok_or_else(|| format!("{what}: input {i} is missing"));
         let err = |e: crate::ModelError| e.to_string();
         Ok(match self {
             Kernel::Conv { conv, padding, residual, act, pool2 } => {
@@ -207,7 +210,9 @@ impl Kernel {
                 }
                 .map_err(err)?;
                 if let Some(r) = shortcut.as_host().filter(|r| [r.batch, r.height, r.width, r.channels] == dims) {
-                    Held::Host(Arc::new(plain(&x, Epilogue { residual: Some(r), act: *act, pool2: false }).map_err(err)?))
+                    Held::Host(Arc::new(
+                        plain(&x, Epilogue { residual: Some(r), act: *act, pool2: false }).map_err(err)?,
+                    ))
                 } else {
                     // A broadcasting Add: burn's, then the activation.
                     let y = Held::Host(Arc::new(plain(&x, Epilogue::default()).map_err(err)?));

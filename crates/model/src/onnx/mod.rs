@@ -20,9 +20,9 @@ pub use plan::Options;
 
 use crate::error::ModelError;
 use burn::prelude::*;
+use host::Held;
 use onnx_ir::{ArgType, Message, ModelProto, Node, OnnxGraphBuilder, ValueSource};
 use std::collections::{BTreeMap, HashMap};
-use host::Held;
 use value::Value;
 
 /// Where a node input comes from.

@@ -121,7 +121,8 @@ pub(super) fn fold_constants(
         let given = step.args.iter().map(|a| if let Arg::Const(v) = a { Some(Value::clone(v)) } else { None });
         let inputs = super::ops::Inputs(given.collect());
         let node = &step.node;
-        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| super::ops::run(node, inputs, opset, device)));
+        let run =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| super::ops::run(node, inputs, opset, device)));
         if let Ok(Ok(values)) = run {
             for (slot, v) in step.outs.iter().zip(values) {
                 if let Some(slot) = slot {
