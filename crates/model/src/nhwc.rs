@@ -163,10 +163,12 @@ impl Activations {
             src.to_vec()
         } else {
             let mut out = buffer(src.len());
+            // Pixel by pixel: one read stream per channel, one sequential write
+            // stream (a plane at a time would scatter every write).
             for (img_out, img_in) in out.chunks_exact_mut(channels * plane).zip(src.chunks_exact(channels * plane)) {
-                for (c, ch) in img_in.chunks_exact(plane).enumerate() {
-                    for (p, v) in ch.iter().enumerate() {
-                        img_out[p * channels + c] = *v;
+                for (p, px) in img_out.chunks_exact_mut(channels).enumerate() {
+                    for (c, v) in px.iter_mut().enumerate() {
+                        *v = img_in[c * plane + p];
                     }
                 }
             }
