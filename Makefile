@@ -57,10 +57,11 @@ chaos-ci: bins
 # the runner's CPU kernels stay off there): the light models, the ONNX-only
 # networks against onnxruntime, and workers serving ONNX models end to end.
 # Not in .ci/run: a separate build of the wgpu stack, and slow on lavapipe.
+# (`mnist`: tests/onnx reads its digits with the model crate's MNIST reader.)
 WGPU_FEATURES = --no-default-features --features wgpu
 test-wgpu: nextest
 	scripts/wgpu-setup.sh
-	WGPU_BACKEND=vulkan $(CARGO) nextest run -p scorefleet-model $(WGPU_FEATURES) --test onnx --test import --no-fail-fast
+	WGPU_BACKEND=vulkan $(CARGO) nextest run -p scorefleet-model $(WGPU_FEATURES) --features mnist --test onnx --test import --no-fail-fast
 	WGPU_BACKEND=vulkan SCOREFLEET_REQUIRE_EMULATOR=1 scripts/with-stack.sh \
 	    $(CARGO) nextest run -p scorefleet-worker $(WGPU_FEATURES) --test onnx_models --no-fail-fast
 

@@ -11,20 +11,25 @@
 //! - [`onnx`]: the ONNX graph runner: burn's `onnx-ir` parser, every node executed on burn ops.
 //! - [`nhwc`]: the fast inference path: channels-last im2col + burn matmul, fused epilogues.
 //! - [`predictor`]: a loaded model: softmax, top-k, the core traits.
-//! - [`mnist`], [`train`]: the IDX reader and the training/evaluation loops.
+//! - `mnist` (Cargo feature `mnist`), `train` and `bench` (feature `train`;
+//!   serving leaves both off): the IDX reader, the training/evaluation loops,
+//!   the benchmark.
 #![warn(missing_docs)]
 
 pub mod backend;
+#[cfg(feature = "train")]
 pub mod bench;
 pub mod digits;
 pub mod error;
 pub mod manifest;
+#[cfg(feature = "mnist")]
 pub mod mnist;
 pub mod nhwc;
 pub mod onnx;
 pub mod predictor;
 pub mod preprocess;
 pub mod resnet;
+#[cfg(feature = "train")]
 pub mod train;
 pub mod weights;
 

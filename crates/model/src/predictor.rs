@@ -247,7 +247,7 @@ pub async fn load_model_at<F: WeightsFetcher>(
     let (manifest, base) = load_manifest(manifest_location, fetcher).await?;
     let location = artifact_override.map(String::from).unwrap_or_else(|| manifest.artifact_location(&base));
     let bytes = weights::resolve_weights(&location, &manifest.sha256, cache_dir, fetcher).await?;
-    load_model_from_bytes(manifest, bytes, &location, backend)
+    build_model(manifest, bytes, &location, backend)
 }
 
 /// Largest manifest or labels file read from S3.
@@ -284,21 +284,25 @@ pub async fn load_manifest<F: WeightsFetcher>(location: &str, fetcher: &F) -> Re
     Ok((manifest.finish(labels.as_deref(), location)?, base))
 }
 
-/// Builds a model from a manifest and weights bytes already in memory (checked against the manifest).
+/// Builds a model from a manifest and weights bytes already in memory
+/// (checked against the manifest: [`weights::verify`]).
 pub fn load_model_from_bytes(
     manifest: Manifest,
     bytes: Vec<u8>,
     source_name: &str,
     backend: BackendKind,
 ) -> Result<LoadedModel, ModelError> {
-    let actual = weights::sha256_hex(&bytes);
-    if actual != manifest.sha256.to_ascii_lowercase() {
-        return Err(ModelError::ChecksumMismatch {
-            source_name: source_name.into(),
-            expected: manifest.sha256.clone(),
-            actual,
-        });
-    }
+    weights::verify(source_name, &bytes, &manifest.sha256)?;
+    build_model(manifest, bytes, source_name, backend)
+}
+
+/// A model from bytes [`weights::verify`] has passed.
+fn build_model(
+    manifest: Manifest,
+    bytes: Vec<u8>,
+    source_name: &str,
+    backend: BackendKind,
+) -> Result<LoadedModel, ModelError> {
     let device = backend.device();
     let network = match manifest.format {
         Format::Safetensors => {

@@ -9,6 +9,10 @@
 //! fetched through any [`ObjectStore`] (the worker passes
 //! `scorefleet_aws::S3Store`), once: they are cached on disk under their
 //! sha256 and verified against the manifest before use, every time.
+//!
+//! [`verify`] is the one check of weights against a manifest's sha256: every
+//! way bytes reach a model ([`resolve_weights`] for a location,
+//! [`crate::load_model_from_bytes`] for bytes in memory) runs it once.
 
 use crate::error::ModelError;
 use burn::module::Module;
@@ -80,10 +84,12 @@ impl WeightsFetcher for NoFetcher {
     }
 }
 
-/// Reads the weights at `location` and checks them against `expected_sha256`.
+/// Reads the weights at `location` and checks them against `expected_sha256`
+/// ([`verify`]): what it returns is verified.
 ///
 /// S3 objects are cached as `<cache_dir>/<sha256>.safetensors`: a cached copy
-/// is used if its bytes still hash right, else fetched again.
+/// is used if its bytes still hash right, else fetched again; an object that
+/// does not hash right is refused and never cached.
 pub async fn resolve_weights<F: WeightsFetcher>(
     location: &str,
     expected_sha256: &str,
@@ -100,7 +106,7 @@ pub async fn resolve_weights<F: WeightsFetcher>(
         WeightsSource::S3 { bucket, key } => {
             let cached = cache_dir.join(format!("{expected}.safetensors"));
             if let Ok(bytes) = std::fs::read(&cached)
-                && sha256_hex(&bytes) == expected
+                && verify(location, &bytes, &expected).is_ok()
             {
                 return Ok(bytes);
             }
@@ -119,9 +125,11 @@ pub async fn resolve_weights<F: WeightsFetcher>(
     }
 }
 
-fn verify(source_name: &str, bytes: &[u8], expected: &str) -> Result<(), ModelError> {
+/// Refuses `bytes` unless their sha256 is `expected` (hex, either case):
+/// [`ModelError::ChecksumMismatch`] names `source_name` and both sums.
+pub fn verify(source_name: &str, bytes: &[u8], expected: &str) -> Result<(), ModelError> {
     let actual = sha256_hex(bytes);
-    if actual != expected {
+    if !actual.eq_ignore_ascii_case(expected) {
         return Err(ModelError::ChecksumMismatch {
             source_name: source_name.to_string(),
             expected: expected.to_string(),
@@ -170,4 +178,74 @@ pub fn save_pytorch_safetensors<M: Module>(module: &M, path: &Path) -> Result<()
     module
         .save_into(&mut store)
         .map_err(|e| ModelError::Weights { source_name: path.display().to_string(), message: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::executor::block_on;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    /// One object at `s3://b/k`, counting downloads.
+    struct OneObject {
+        bytes: Vec<u8>,
+        gets: AtomicUsize,
+    }
+
+    impl WeightsFetcher for OneObject {
+        #[allow(clippy::manual_async_fn)]
+        fn fetch(&self, _: &str, _: &str, _: u64) -> impl Future<Output = Result<Vec<u8>, JobError>> + Send {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            let bytes = self.bytes.clone();
+            async move { Ok(bytes) }
+        }
+    }
+
+    fn scratch(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("scorefleet-weights-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn a_mismatch_is_refused_naming_the_source_and_both_sums() {
+        let dir = scratch("local");
+        std::fs::create_dir_all(&dir).expect("dir");
+        let path = dir.join("w.safetensors");
+        std::fs::write(&path, b"weights").expect("write");
+        let wrong = sha256_hex(b"other weights");
+        let err =
+            block_on(resolve_weights(&path.display().to_string(), &wrong, &dir, &NoFetcher)).expect_err("refused");
+        let ModelError::ChecksumMismatch { source_name, expected, actual } = &err else { panic!("{err}") };
+        assert_eq!((source_name.as_str(), expected.as_str()), (path.display().to_string().as_str(), wrong.as_str()));
+        assert_eq!(actual, &sha256_hex(b"weights"));
+        assert_eq!(
+            err.to_string(),
+            format!("weights {}: sha256 {actual} does not match the manifest's {wrong}", path.display())
+        );
+        // Upper-case hex in a manifest is the same sum.
+        let upper = sha256_hex(b"weights").to_ascii_uppercase();
+        assert!(block_on(resolve_weights(&path.display().to_string(), &upper, &dir, &NoFetcher)).is_ok());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_bad_object_is_never_cached_and_a_bad_cache_entry_is_fetched_again() {
+        let cache = scratch("s3");
+        let good = sha256_hex(b"weights");
+        let tampered = OneObject { bytes: b"weightz".to_vec(), gets: AtomicUsize::new(0) };
+        let err = block_on(resolve_weights("s3://b/k", &good, &cache, &tampered)).expect_err("tampered");
+        assert!(matches!(err, ModelError::ChecksumMismatch { .. }), "{err}");
+        assert!(!cache.join(format!("{good}.safetensors")).exists(), "refused bytes were cached");
+
+        std::fs::create_dir_all(&cache).expect("dir");
+        std::fs::write(cache.join(format!("{good}.safetensors")), b"corrupt").expect("write");
+        let s3 = OneObject { bytes: b"weights".to_vec(), gets: AtomicUsize::new(0) };
+        for _ in 0..2 {
+            let bytes = block_on(resolve_weights("s3://b/k", &good, &cache, &s3)).expect("fetched");
+            assert_eq!(bytes, b"weights");
+        }
+        assert_eq!(s3.gets.load(Ordering::SeqCst), 1, "the corrupt entry is replaced, then served");
+        let _ = std::fs::remove_dir_all(&cache);
+    }
 }

@@ -1,5 +1,6 @@
-//! What the port-using stages share: the ports, the settings, the counters,
-//! the in-flight registry and the root stop token.
+//! What the stages share: the pipeline's ports (handed to each stage one by
+//! one, so a stage is generic only over the ports it uses), the settings,
+//! the counters, the in-flight registry and the root stop token.
 
 use crate::lease::Registry;
 use crate::metrics::SharedMetrics;
@@ -23,9 +24,23 @@ pub struct Ports<Q, S, O, F, P> {
     pub preprocessor: Arc<P>,
 }
 
-/// Shared state of one pipeline run.
-pub(crate) struct Ctx<Q, S, O, F, P> {
-    pub(crate) ports: Ports<Q, S, O, F, P>,
+/// Where a claimed job lives: its message in the input queue and its claim
+/// in the dedup table. A stage that can give a job back needs both.
+#[derive(Debug)]
+pub(crate) struct Claims<Q, O> {
+    pub(crate) queue: Arc<Q>,
+    pub(crate) store: Arc<O>,
+}
+
+impl<Q, O> Clone for Claims<Q, O> {
+    fn clone(&self) -> Self {
+        Self { queue: self.queue.clone(), store: self.store.clone() }
+    }
+}
+
+/// Shared state of one pipeline run: no ports, so no port generics.
+#[derive(Debug)]
+pub(crate) struct Ctx {
     pub(crate) settings: Settings,
     pub(crate) model: ModelRef,
     pub(crate) metrics: SharedMetrics,

@@ -11,7 +11,7 @@
 //!   deleted (the first worker may have died between finish and send).
 //! - Unparsable without a job id → left to the queue's redrive policy (DLQ).
 
-use crate::ctx::Ctx;
+use crate::ctx::{Claims, Ctx};
 use crate::job::{Delivery, Emit, Job, Outcome};
 use crate::lease::InFlight;
 use crate::metrics::Stage;
@@ -26,8 +26,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Claims every message of each receive batch, concurrently, and routes it.
-pub(crate) async fn run<Q, S, O, F, P>(
-    ctx: Arc<Ctx<Q, S, O, F, P>>,
+pub(crate) async fn run<Q, O>(
+    ctx: Arc<Ctx>,
+    claims: Claims<Q, O>,
     mut rx: mpsc::Receiver<Delivery>,
     fetch_tx: mpsc::Sender<Job>,
     record_tx: mpsc::Sender<Outcome>,
@@ -42,13 +43,13 @@ pub(crate) async fn run<Q, S, O, F, P>(
             // Received but not started: back to the queue at once.
             let entries: Vec<(String, Duration)> =
                 msgs.iter().map(|m| (m.receipt_handle.clone(), Duration::ZERO)).collect();
-            crate::lease::return_messages(&*ctx.ports.queue, &entries).await;
+            crate::lease::return_messages(&*claims.queue, &entries).await;
             ctx.registry.through_claim(received);
             continue;
         }
         let msgs = distinct_deliveries(msgs);
-        let claims = msgs.into_iter().map(|m| claim_one(&ctx, m, at_ms));
-        let steps = futures::future::join_all(claims).await;
+        let claiming = msgs.into_iter().map(|m| claim_one(&ctx, &claims, m, at_ms));
+        let steps = futures::future::join_all(claiming).await;
         // Claimed ones are in the registry now; the others are left or done.
         ctx.registry.through_claim(received);
         for step in steps {
@@ -125,7 +126,7 @@ pub fn route(body: &str) -> Route {
 pub const UNPARSABLE_RUN: &str = "unparsable";
 
 /// Parses and claims one message.
-async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Received, received_ms: u64) -> Step {
+async fn claim_one<Q, O: OutcomeStore>(ctx: &Ctx, claims: &Claims<Q, O>, m: Received, received_ms: u64) -> Step {
     let (job_id, parsed, parse_error) = match route(&m.body) {
         Route::Job(job) => (job.job_id.clone(), Some(job), None),
         Route::Invalid { job_id, error } => (job_id, None, Some(error)),
@@ -162,7 +163,7 @@ async fn claim_one<Q, S, O: OutcomeStore, F, P>(ctx: &Ctx<Q, S, O, F, P>, m: Rec
     let claim = || {
         let now = now_ms();
         let claim_ms = lease_until_ms.saturating_sub(now).max(margin_ms);
-        ctx.ports.store.claim(&job_id, claim_run, &ctx.settings.worker_id, now, claim_ms)
+        claims.store.claim(&job_id, claim_run, &ctx.settings.worker_id, now, claim_ms)
     };
     let claimed = match retry(ctx.settings.backoff, |e: &ServiceError, n| e.is_transient() && n < retries, claim).await
     {

@@ -8,6 +8,7 @@ use crate::ctx::Ctx;
 use crate::flow::drive;
 use crate::job::Emit;
 use crate::metrics::Stage;
+use crate::settings::Settings;
 use scorefleet_aws::retry;
 use scorefleet_core::batch::Policy;
 use scorefleet_core::traits::{JobQueue, MessageSink, ServiceError, now_ms};
@@ -22,15 +23,20 @@ use tokio::sync::mpsc;
 const EMIT: Policy = Policy { max_items: 10, max_wait_ms: 25, lease_margin_ms: 0 };
 
 /// Collects finished jobs into groups of 10 and flushes each group.
-pub(crate) async fn run<Q: JobQueue, S: MessageSink, O, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, rx: mpsc::Receiver<Emit>) {
-    let ctx = &ctx;
+pub(crate) async fn run<Q: JobQueue, S: MessageSink>(
+    ctx: Arc<Ctx>,
+    queue: Arc<Q>,
+    sink: Arc<S>,
+    rx: mpsc::Receiver<Emit>,
+) {
+    let (ctx, queue, sink) = (&*ctx, &*queue, &*sink);
     drive(
         EMIT,
         &ctx.stop,
         rx,
         |_| u64::MAX,
         |items| async move {
-            flush(ctx, items).await;
+            flush(ctx, queue, sink, items).await;
             true
         },
     )
@@ -38,7 +44,7 @@ pub(crate) async fn run<Q: JobQueue, S: MessageSink, O, F, P>(ctx: Arc<Ctx<Q, S,
 }
 
 /// Sends up to 10 results, then deletes the messages whose result went out.
-async fn flush<Q: JobQueue, S: MessageSink, O, F, P>(ctx: &Ctx<Q, S, O, F, P>, items: Vec<Emit>) {
+async fn flush<Q: JobQueue, S: MessageSink>(ctx: &Ctx, queue: &Q, sink: &S, items: Vec<Emit>) {
     // Each result keyed by its job id: a FIFO output queue delivers one
     // copy per job however often it is sent within five minutes (a re-send
     // after a crash between send and delete included).
@@ -49,7 +55,7 @@ async fn flush<Q: JobQueue, S: MessageSink, O, F, P>(ctx: &Ctx<Q, S, O, F, P>, i
         })
         .unzip();
     let mut sent = vec![false; items.len()];
-    match retrying(ctx, || ctx.ports.sink.send_keyed(&keys, &bodies)).await {
+    match retrying(&ctx.settings, || sink.send_keyed(&keys, &bodies)).await {
         Ok(failed) => {
             sent = vec![true; items.len()];
             for f in failed {
@@ -91,7 +97,7 @@ async fn flush<Q: JobQueue, S: MessageSink, O, F, P>(ctx: &Ctx<Q, S, O, F, P>, i
     // A delete that does not happen costs a duplicate result later (the
     // message comes back and is answered from the table), so transient
     // failures are retried as long as the receipt handles are surely valid.
-    match retrying(ctx, || ctx.ports.queue.delete(&handles)).await {
+    match retrying(&ctx.settings, || queue.delete(&handles)).await {
         Ok(failed) => {
             for f in &failed {
                 tracing::warn!(code = %f.code, "delete refused; the message will come back and be answered from the table");
@@ -109,16 +115,12 @@ async fn flush<Q: JobQueue, S: MessageSink, O, F, P>(ctx: &Ctx<Q, S, O, F, P>, i
 /// for as long as half the lease has not passed since the first one. A
 /// network cut of a few seconds is outlasted, while the messages' visibility
 /// (kept for the lease) still holds, and no flush waits longer than that.
-async fn retrying<Q, S, O, F, P, T, Fut>(ctx: &Ctx<Q, S, O, F, P>, call: impl FnMut() -> Fut) -> Result<T, ServiceError>
+async fn retrying<T, Fut>(settings: &Settings, call: impl FnMut() -> Fut) -> Result<T, ServiceError>
 where
     Fut: Future<Output = Result<T, ServiceError>>,
 {
     let started = Instant::now();
-    let (retries, bound) = (ctx.settings.retries, ctx.settings.lease / 2);
-    retry(
-        ctx.settings.backoff,
-        |e: &ServiceError, n| e.is_transient() && (n < retries || started.elapsed() < bound),
-        call,
-    )
-    .await
+    let (retries, bound) = (settings.retries, settings.lease / 2);
+    retry(settings.backoff, |e: &ServiceError, n| e.is_transient() && (n < retries || started.elapsed() < bound), call)
+        .await
 }

@@ -33,7 +33,7 @@ pub(crate) struct Scoring {
 
 impl Scoring {
     /// Taken from the pipeline's shared state.
-    pub(crate) fn new<Q, S, O, F, P>(ctx: &Ctx<Q, S, O, F, P>) -> Self {
+    pub(crate) fn new(ctx: &Ctx) -> Self {
         Self {
             top_k: ctx.settings.top_k,
             worker_id: ctx.settings.worker_id.clone(),

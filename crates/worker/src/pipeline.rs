@@ -14,7 +14,7 @@
 //! still claimed when the drain ends (at its limit, or because a stage died
 //! holding it) is released and made visible again.
 
-use crate::ctx::{Ctx, Ports};
+use crate::ctx::{Claims, Ctx, Ports};
 use crate::fetch::Fetcher;
 use crate::job::{Decoded, Delivery, Emit, Job, Outcome};
 use crate::lease::Registry;
@@ -60,7 +60,9 @@ where
     M: Predictor,
 {
     let model = predictor.model().clone();
-    let ctx = Arc::new(Ctx { ports, settings: settings.clone(), model, metrics, registry, stop: stop.clone() });
+    let ctx = Arc::new(Ctx { settings: settings.clone(), model, metrics, registry, stop: stop.clone() });
+    let Ports { queue, sink, store, fetcher, preprocessor } = ports;
+    let claims = Claims { queue: queue.clone(), store: store.clone() };
     let depth = settings.max_batch.max(10) * 2;
     let (recv_tx, recv_rx) = mpsc::channel::<Delivery>(settings.receivers);
     let (fetch_tx, fetch_rx) = mpsc::channel::<Job>(depth);
@@ -73,11 +75,25 @@ where
     // receivers drains the whole chain in order.
     let mut sup = Supervisor::default();
     for _ in 0..settings.receivers {
-        sup.spawn("receive", crate::receive::run(ctx.clone(), recv_tx.clone()));
+        sup.spawn("receive", crate::receive::run(ctx.clone(), queue.clone(), recv_tx.clone()));
     }
     drop(recv_tx);
-    sup.spawn("dedup", crate::dedup::run(ctx.clone(), recv_rx, fetch_tx, record_tx.clone(), emit_tx.clone()));
-    sup.spawn("fetch", crate::fetch::stage::run(ctx.clone(), fetch_rx, batch_tx, record_tx.clone()));
+    sup.spawn(
+        "dedup",
+        crate::dedup::run(ctx.clone(), claims.clone(), recv_rx, fetch_tx, record_tx.clone(), emit_tx.clone()),
+    );
+    sup.spawn(
+        "fetch",
+        crate::fetch::stage::run(
+            ctx.clone(),
+            claims.clone(),
+            fetcher,
+            preprocessor,
+            fetch_rx,
+            batch_tx,
+            record_tx.clone(),
+        ),
+    );
     let policy = crate::batch::policy(&settings);
     sup.spawn("batch", crate::batch::run(policy, ctx.metrics.clone(), stop.clone(), batch_rx, infer_tx));
     let scoring = crate::infer::Scoring::new(&ctx);
@@ -87,14 +103,14 @@ where
         }),
         Err(e) => sup.fail(Fault::new("infer", format!("could not build its thread pool: {e}"))),
     }
-    sup.spawn("record", crate::record::run(ctx.clone(), record_rx, emit_tx));
-    sup.spawn("emit", crate::emit::run(ctx.clone(), emit_rx));
+    sup.spawn("record", crate::record::run(ctx.clone(), claims, record_rx, emit_tx));
+    sup.spawn("emit", crate::emit::run(ctx.clone(), queue.clone(), sink, emit_rx));
     // The keeper outlives `stop`: jobs draining after it still need their
     // leases kept until they finish. Watched on its own for that reason.
     let keeper_stop = CancellationToken::new();
     let mut keeper = tokio::spawn(crate::lease::keep(
-        ctx.ports.queue.clone(),
-        ctx.ports.store.clone(),
+        queue.clone(),
+        store.clone(),
         ctx.registry.clone(),
         ctx.metrics.clone(),
         settings.lease,
@@ -127,7 +143,7 @@ where
     // or is still running past the limit: give it back rather than let it
     // sit until its lease and visibility run out.
     let left = ctx.registry.drain();
-    let released = crate::lease::give_back_all(&*ctx.ports.queue, &*ctx.ports.store, &left).await;
+    let released = crate::lease::give_back_all(&*queue, &*store, &left).await;
     if released > 0 {
         tracing::warn!(released, drained, "claims released and messages returned at the end of the drain");
     }

@@ -76,7 +76,7 @@ impl InFlightLimit {
 }
 
 /// One long-poll loop; ends when `stop` is cancelled or the intake is gone.
-pub(crate) async fn run<Q: JobQueue, S, O, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, tx: mpsc::Sender<Delivery>) {
+pub(crate) async fn run<Q: JobQueue>(ctx: Arc<Ctx>, queue: Arc<Q>, tx: mpsc::Sender<Delivery>) {
     let mut failures = 0u32;
     let mut limit = InFlightLimit::new(&ctx.settings, ctx.metrics.results_sent.load(Ordering::Relaxed), Instant::now());
     loop {
@@ -100,7 +100,7 @@ pub(crate) async fn run<Q: JobQueue, S, O, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, t
                 _ = tokio::time::timeout(RATE_SAMPLE, left) => {}
             }
         }
-        let poll = ctx.ports.queue.receive(10, ctx.settings.wait);
+        let poll = queue.receive(10, ctx.settings.wait);
         tokio::pin!(poll);
         let got = tokio::select! {
             r = &mut poll => r,
@@ -113,7 +113,7 @@ pub(crate) async fn run<Q: JobQueue, S, O, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, t
                 if let Ok(msgs) = poll.await {
                     let entries: Vec<(String, Duration)> =
                         msgs.iter().map(|m| (m.receipt_handle.clone(), Duration::ZERO)).collect();
-                    crate::lease::return_messages(&*ctx.ports.queue, &entries).await;
+                    crate::lease::return_messages(&*queue, &entries).await;
                 }
                 return;
             }
@@ -132,7 +132,7 @@ pub(crate) async fn run<Q: JobQueue, S, O, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, t
                     // The intake is gone (a fault): these were never claimed.
                     let entries: Vec<(String, Duration)> =
                         unsent.0.msgs.iter().map(|m| (m.receipt_handle.clone(), Duration::ZERO)).collect();
-                    crate::lease::return_messages(&*ctx.ports.queue, &entries).await;
+                    crate::lease::return_messages(&*queue, &entries).await;
                     ctx.registry.through_claim(entries.len());
                     return;
                 }

@@ -7,7 +7,7 @@
 //! claim is released and its message left for redelivery, so the queue's
 //! redrive policy decides when it is given up on (the DLQ).
 
-use crate::ctx::Ctx;
+use crate::ctx::{Claims, Ctx};
 use crate::flow::stream_from;
 use crate::job::{Emit, Outcome};
 use crate::metrics::Stage;
@@ -24,8 +24,9 @@ use tokio::sync::mpsc;
 const CONCURRENT_FINISHES: usize = 32;
 
 /// Records outcomes, concurrently, and passes the recorded ones to emit.
-pub(crate) async fn run<Q, S, O, F, P>(
-    ctx: Arc<Ctx<Q, S, O, F, P>>,
+pub(crate) async fn run<Q, O>(
+    ctx: Arc<Ctx>,
+    claims: Claims<Q, O>,
     rx: mpsc::Receiver<Outcome>,
     emit_tx: mpsc::Sender<Emit>,
 ) where
@@ -34,7 +35,7 @@ pub(crate) async fn run<Q, S, O, F, P>(
 {
     use futures::StreamExt;
     let mut work =
-        std::pin::pin!(stream_from(rx).map(|o| record_one(ctx.clone(), o)).buffer_unordered(CONCURRENT_FINISHES));
+        std::pin::pin!(stream_from(rx).map(|o| record_one(&ctx, &claims, o)).buffer_unordered(CONCURRENT_FINISHES));
     while let Some(done) = work.next().await {
         if let Some(e) = done
             && emit_tx.send(e).await.is_err()
@@ -44,7 +45,7 @@ pub(crate) async fn run<Q, S, O, F, P>(
     }
 }
 
-async fn record_one<Q: JobQueue, S, O: OutcomeStore, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, o: Outcome) -> Option<Emit> {
+async fn record_one<Q: JobQueue, O: OutcomeStore>(ctx: &Ctx, claims: &Claims<Q, O>, o: Outcome) -> Option<Emit> {
     let Outcome { job, result, terminal } = o;
     if !job.held.is_ours() {
         // The keeper saw the lease lost: abandoned, never finished here.
@@ -56,13 +57,13 @@ async fn record_one<Q: JobQueue, S, O: OutcomeStore, F, P>(ctx: Arc<Ctx<Q, S, O,
         tracing::warn!(job_id = %job.job_id, kind = %e.kind, message = %e.message, "retryable failure; message left for redelivery");
         ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
         let delay = ctx.settings.backoff.delay(job.attempts);
-        job.hand_back(&*ctx.ports.queue, &*ctx.ports.store, delay).await;
+        job.hand_back(&*claims.queue, &*claims.store, delay).await;
         return None;
     }
     let body = result.to_json();
     let started = Instant::now();
     let retries = ctx.settings.retries;
-    let finish = || ctx.ports.store.finish(&job.job_id, &job.fence, terminal, &body, now_ms());
+    let finish = || claims.store.finish(&job.job_id, &job.fence, terminal, &body, now_ms());
     match retry(ctx.settings.backoff, |e: &ServiceError, n| e.is_transient() && n < retries, finish).await {
         Ok(Ok(())) => {}
         // Only our own fence can have finished the record: our earlier

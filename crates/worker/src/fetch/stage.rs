@@ -5,7 +5,7 @@
 //! jobs not yet fetched are not started: their claims are released and their
 //! messages returned at once.
 
-use crate::ctx::Ctx;
+use crate::ctx::{Claims, Ctx};
 use crate::fetch::Fetcher;
 use crate::flow::stream_from;
 use crate::job::{Decoded, Job, Outcome};
@@ -20,8 +20,11 @@ use tokio::sync::mpsc;
 
 /// Fetches and decodes up to `fetchers` jobs at once, handing each on as it
 /// completes (completion order, not arrival order).
-pub(crate) async fn run<Q, S, O, F, P>(
-    ctx: Arc<Ctx<Q, S, O, F, P>>,
+pub(crate) async fn run<Q, O, F, P>(
+    ctx: Arc<Ctx>,
+    claims: Claims<Q, O>,
+    fetcher: Arc<F>,
+    preprocessor: Arc<P>,
     rx: mpsc::Receiver<Job>,
     batch_tx: mpsc::Sender<Decoded>,
     record_tx: mpsc::Sender<Outcome>,
@@ -32,8 +35,11 @@ pub(crate) async fn run<Q, S, O, F, P>(
     P: Preprocessor,
 {
     use futures::StreamExt;
-    let mut work =
-        std::pin::pin!(stream_from(rx).map(|job| fetch_one(ctx.clone(), job)).buffer_unordered(ctx.settings.fetchers));
+    let mut work = std::pin::pin!(
+        stream_from(rx)
+            .map(|job| fetch_one(&ctx, &claims, &*fetcher, &preprocessor, job))
+            .buffer_unordered(ctx.settings.fetchers)
+    );
     while let Some(done) = work.next().await {
         let ok = match done {
             Fetched::Ready(d) => batch_tx.send(d).await.is_ok(),
@@ -55,7 +61,13 @@ enum Fetched {
     Dropped,
 }
 
-async fn fetch_one<Q, S, O, F, P>(ctx: Arc<Ctx<Q, S, O, F, P>>, job: Job) -> Fetched
+async fn fetch_one<Q, O, F, P>(
+    ctx: &Ctx,
+    claims: &Claims<Q, O>,
+    fetcher: &F,
+    preprocessor: &Arc<P>,
+    job: Job,
+) -> Fetched
 where
     Q: JobQueue,
     O: OutcomeStore,
@@ -65,7 +77,7 @@ where
     if ctx.stop.is_cancelled() {
         // Not started before shutdown: give it back now rather than hold it
         // through the drain.
-        job.hand_back(&*ctx.ports.queue, &*ctx.ports.store, Duration::ZERO).await;
+        job.hand_back(&*claims.queue, &*claims.store, Duration::ZERO).await;
         return Fetched::Dropped;
     }
     if !job.held.is_ours() {
@@ -78,7 +90,7 @@ where
         let e = JobError::new(ErrorKind::Internal, "job without a parsed url reached fetch");
         tracing::warn!(job_id = %job.job_id, error = %e, "message left for redelivery");
         ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
-        job.hand_back(&*ctx.ports.queue, &*ctx.ports.store, Duration::ZERO).await;
+        job.hand_back(&*claims.queue, &*claims.store, Duration::ZERO).await;
         return Fetched::Dropped;
     };
     let started = Instant::now();
@@ -92,7 +104,7 @@ where
             }
             again
         },
-        || ctx.ports.fetcher.fetch(&url, ctx.settings.max_bytes),
+        || fetcher.fetch(&url, ctx.settings.max_bytes),
     )
     .await;
     let bytes = match fetched {
@@ -105,13 +117,13 @@ where
             ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
             let b = ctx.settings.backoff;
             let delay = Backoff { base: b.base * 10, ..b }.delay(job.attempts);
-            job.hand_back(&*ctx.ports.queue, &*ctx.ports.store, delay).await;
+            job.hand_back(&*claims.queue, &*claims.store, delay).await;
             return Fetched::Dropped;
         }
         Err(e) => return Fetched::Failed(job.failed(&ctx.settings.worker_id, e)),
     };
     ctx.metrics.observe(Stage::Fetch, started.elapsed());
-    match crate::decode::decode(&ctx.ports.preprocessor, &ctx.metrics, bytes).await {
+    match crate::decode::decode(preprocessor, &ctx.metrics, bytes).await {
         Ok(chw) => Fetched::Ready(Decoded { job, chw, ready: Instant::now() }),
         Err(e) => Fetched::Failed(job.failed(&ctx.settings.worker_id, e)),
     }
