@@ -62,8 +62,10 @@ pub struct OnnxNet {
     output: usize,
     /// The graph takes `[n, h, w, c]` rather than `[n, c, h, w]`.
     nhwc: bool,
-    /// The graph's batch dimension is fixed at 1: batches run one image at a time.
-    batch_of_one: bool,
+    /// Most images per run of the graph: 1 when its batch dimension is fixed
+    /// at 1, with the CPU kernels as many as [`PART_INPUT_FLOATS`] allows,
+    /// else unbounded.
+    part: usize,
     /// The chosen output is a Softmax's.
     ends_in_softmax: bool,
 }
@@ -101,15 +103,28 @@ impl OnnxNet {
             None => 0,
         };
         let ends_in_softmax = i.output_ops.get(output).is_some_and(|op| op == "Softmax");
-        let batch_of_one = input.shape[0] == Some(1);
-        Ok(OnnxNet { model, output, nhwc, batch_of_one, ends_in_softmax })
+        let part = if input.shape[0] == Some(1) {
+            1
+        } else if model.options.cpu_kernels {
+            (PART_INPUT_FLOATS / (c * h * w).max(1)).clamp(1, 256)
+        } else {
+            usize::MAX
+        };
+        Ok(OnnxNet { model, output, nhwc, part, ends_in_softmax })
     }
 
     /// Every output of the graph for `images` ([n, c, h, w]), batch first.
     pub fn run(&self, images: Tensor<4>) -> Result<Vec<Value>, ModelError> {
         let n = images.dims()[0];
-        if self.batch_of_one && n > 1 {
-            let parts = (0..n).map(|i| self.run(images.clone().narrow(0, i, 1))).collect::<Result<Vec<_>, _>>()?;
+        if n > self.part {
+            // Parts of the batch through the whole graph, in parallel: each
+            // part's activations stay in its core's cache.
+            use rayon::prelude::*;
+            let starts: Vec<usize> = (0..n).step_by(self.part).collect();
+            let parts = starts
+                .into_par_iter()
+                .map(|i| self.run(images.clone().narrow(0, i, self.part.min(n - i))))
+                .collect::<Result<Vec<_>, _>>()?;
             return concat_batches(parts);
         }
         let x = if self.nhwc { images.permute([0, 2, 3, 1]) } else { images };
@@ -132,6 +147,15 @@ impl OnnxNet {
         Ok(out.into_float("output").map_err(ModelError::Inference)?.reshape([n, rest]))
     }
 }
+
+/// Input floats per run of a graph served with the CPU kernels: a batch is
+/// cut into parts of this size (4 images of 3×224×224, 256 of digits) that go
+/// through the whole graph in parallel, each part's activations staying in
+/// its core's caches. Measured at batch 32 on one thread (CPU time per
+/// image): SqueezeNet 1.42× as fast with parts of 4 as with one of 32,
+/// MobileNetV2 1.28×, ResNet-50 0.99×; digits loses with parts under 16
+/// (per-node costs dominate a 28×28 model).
+pub const PART_INPUT_FLOATS: usize = 4 * 3 * 224 * 224;
 
 /// The outputs of batches run one by one, concatenated along the batch axis.
 fn concat_batches(parts: Vec<Vec<Value>>) -> Result<Vec<Value>, ModelError> {

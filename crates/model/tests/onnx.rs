@@ -57,12 +57,23 @@ fn suite() -> &'static Path {
     })
 }
 
-/// With the CPU kernels and folding (what a CPU worker serves) and with every
-/// node on burn's op: both match the suite, and the kernels really run.
+/// Light models with a weight above burn-wgpu's 128 MiB storage-buffer
+/// limit (their first fully connected layer): a wgpu device refuses the
+/// buffer, so `make test-wgpu` leaves them out, saying so.
+const OVER_WGPU_BUFFER_LIMIT: &[&str] = &["bvlc_alexnet", "vgg19", "zfnet512"];
+
+/// With the load-time rewrites and CPU kernels the backend gets (what a
+/// worker serves) and with every node on burn's op: both match the suite,
+/// and on a CPU backend the kernels really run.
 #[test]
 fn the_nine_light_models_match_the_suites_expected_outputs_with_and_without_cpu_kernels() {
-    let dirs = case_dirs(suite(), "light");
+    let mut dirs = case_dirs(suite(), "light");
     assert_eq!(dirs.len(), 9, "the onnx wheel ships nine light models");
+    let backend = BackendKind::default_kind().expect("a backend");
+    if !backend.is_cpu() {
+        dirs.retain(|d| !OVER_WGPU_BUFFER_LIMIT.iter().any(|m| d.ends_with(m)));
+        eprintln!("{backend}: left out {OVER_WGPU_BUFFER_LIMIT:?} (a weight above the 128 MiB buffer limit)");
+    }
     let device = device();
     for options in [Options::for_device(&device), Options::burn_only()] {
         let results: Vec<_> = dirs.iter().map(|d| run_case(d, "light", &device, options)).collect();
@@ -72,7 +83,7 @@ fn the_nine_light_models_match_the_suites_expected_outputs_with_and_without_cpu_
         let overridden = results.iter().filter(|r| r.overrides > 0).count();
         if options.cpu_kernels {
             assert_eq!(overridden, 9, "every light model has convolutions the CPU kernels run");
-        } else {
+        } else if options == Options::burn_only() {
             assert_eq!(overridden, 0, "burn_only overrides nothing");
         }
     }

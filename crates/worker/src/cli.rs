@@ -40,6 +40,11 @@ pub struct Cli {
     /// (downloaded once, cached, verified against the manifest's sha256).
     #[arg(long, env = "SCOREFLEET_MODEL_WEIGHTS")]
     pub model_weights: Option<String>,
+    /// burn backend that runs the model, one compiled in: `flex` (default),
+    /// `ndarray`, `wgpu` (built with `--features wgpu`; a GPU, or lavapipe).
+    /// On CPU backends ONNX graphs get the runner's CPU kernels.
+    #[arg(long, env = "SCOREFLEET_BACKEND")]
+    pub backend: Option<scorefleet_model::BackendKind>,
     /// Where downloaded weights are cached.
     #[arg(long, env = "SCOREFLEET_MODEL_CACHE", default_value = "/tmp/scorefleet-models")]
     pub model_cache: PathBuf,

@@ -88,7 +88,10 @@ async fn run(config: Config) -> anyhow::Result<()> {
     let s3 = S3Store::new(aws.s3(), counters.clone());
 
     let manifest = cli.model_manifest.clone().unwrap_or_else(|| format!("models/{}/manifest.json", cli.model));
-    let backend = scorefleet_model::BackendKind::default_kind().context("no burn backend compiled in")?;
+    let backend = match cli.backend {
+        Some(b) => b,
+        None => scorefleet_model::BackendKind::default_kind().context("no burn backend compiled in")?,
+    };
     // A model that cannot load (unsupported operator, checksum mismatch, an
     // input that is not an image) stops the worker here: it never turns ready.
     let loaded =

@@ -113,6 +113,8 @@ pub struct OnnxModel {
     /// `BatchNormalization (folded)` → how many were folded. Empty with
     /// [`Options::burn_only`].
     pub overrides: BTreeMap<String, usize>,
+    /// What load was asked to do.
+    pub options: Options,
 }
 
 /// The file's own view: opset, and for each node output its operator type and node name.
@@ -290,6 +292,7 @@ impl OnnxModel {
             device: device.clone(),
             inspection,
             overrides,
+            options,
         })
     }
 

@@ -141,20 +141,23 @@ impl Value {
     /// The values as host integers (shapes, axes, indices), any kind.
     pub fn to_i64s(&self) -> Result<Vec<i64>, String> {
         let td = match &self.data {
-            Data::F(t) => t.clone().into_data().convert::<i64>(),
-            Data::I(t) => t.clone().into_data().convert::<i64>(),
-            Data::B(t) => t.clone().int().into_data().convert::<i64>(),
+            Data::F(t) => t.clone().try_into_data(),
+            Data::I(t) => t.clone().try_into_data(),
+            Data::B(t) => t.clone().int().try_into_data(),
         };
+        let td = td.map_err(|e| format!("reading integers from the device: {e}"))?.convert::<i64>();
         td.try_to_vec::<i64>().map_err(|e| format!("reading integers: {e:?}"))
     }
 
     /// The values as host floats, any kind.
     pub fn to_f32s(&self) -> Result<Vec<f32>, String> {
+        // A device that fails (a buffer above its limit) is an error here, not a panic.
         let td = match &self.data {
-            Data::F(t) => t.clone().into_data().convert::<f32>(),
-            Data::I(t) => t.clone().float().into_data().convert::<f32>(),
-            Data::B(t) => t.clone().int().float().into_data().convert::<f32>(),
+            Data::F(t) => t.clone().try_into_data(),
+            Data::I(t) => t.clone().float().try_into_data(),
+            Data::B(t) => t.clone().int().float().try_into_data(),
         };
+        let td = td.map_err(|e| format!("reading floats from the device: {e}"))?.convert::<f32>();
         td.try_to_vec::<f32>().map_err(|e| format!("reading floats: {e:?}"))
     }
 
