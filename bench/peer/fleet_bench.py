@@ -428,8 +428,9 @@ class Run:
             time.sleep(0.02 if not ready else 0.1)
 
     def counters(self):
-        """AWS requests by API, batches and batch items, summed over the fleet, now."""
-        apis, batches, items, wru_items, dups = {}, 0, 0, 0, 0
+        """AWS requests by API, batches, batch items, BatchWriteItem items, duplicates, items read by the
+        dedup lookup, and the dedup mode(s) in use, summed over the fleet, now."""
+        apis, batches, items, wru_items, dups, lookups, modes = {}, 0, 0, 0, 0, 0, set()
         for w in self.workers:
             if self.fleet == "scorefleet":
                 text = w["metrics"]
@@ -439,6 +440,8 @@ class Run:
                 dups += sum(prom(text, "scorefleet_duplicates_skipped_total").values())
                 batches += sum(prom(text, "scorefleet_batch_size_count").values())
                 items += sum(prom(text, "scorefleet_batch_size_sum").values())
+                lookups += sum(prom(text, "scorefleet_dedup_lookups_total").values())
+                modes |= {labels.split('"')[1] for labels, v in prom(text, "scorefleet_dedup_mode").items() if v}
             else:
                 for d in w["stats_docs"]:
                     for k, v in d["counters"].items():
@@ -448,7 +451,8 @@ class Run:
                     items += d["counters"].get("batch_items", 0)
                     wru_items += d["counters"].get("ddb_items_written", 0)
                     dups += d["counters"].get("duplicates", 0)
-        return apis, batches, items, wru_items, dups
+                modes.add("claim")
+        return apis, batches, items, wru_items, dups, lookups, ",".join(sorted(modes)) or None
 
     def emulator_cpu(self):
         """CPU-seconds of the emulator's processes so far: is the emulator what limits a run?"""
@@ -537,7 +541,7 @@ class Run:
             emu1 = self.emulator_cpu()
             cpu = sum(sum(w["cpu"].values()) for w in self.workers)
             rss = [sum(w["hwm"].values()) for w in self.workers]
-            apis, batches, items, wru_items, duplicates = self.counters()
+            apis, batches, items, wru_items, duplicates, lookups, dedup = self.counters()
             if self.probes:
                 self.probe()
                 self.wait_deleted(self.n + self.probes, 120)
@@ -591,6 +595,8 @@ class Run:
             "cpu_s_per_image_after_ready": (cpu - self.cpu_at_ready) / self.n if self.cpu_at_ready is not None
             else None,
             "duplicates": duplicates,
+            "dedup": dedup,
+            "dedup_lookups": lookups,
             "peak_rss_mb": max(rss) / 2 ** 20,
             "aws_requests": apis,
             "ddb_batch_items_written": wru_items,
@@ -657,11 +663,17 @@ def main():
     ap.add_argument("--scorefleet-arg", action="append", default=[],
                     help="extra flag for every scorefleet worker (repeatable), e.g. --scorefleet-arg=--max-batch=64")
     ap.add_argument("--peer-arg", action="append", default=[], help="extra flag for every peer worker (repeatable)")
+    ap.add_argument("--vcpu-hour-price", type=float, default=fleet_report.VCPU_HOUR_USD,
+                    help="$ per vCPU-hour the worker CPU is priced at (default: "
+                         f"{fleet_report.VCPU_HOUR_USD}, {fleet_report.VCPU_PRICE_NOTE})")
     ap.add_argument("--report-only", action="store_true",
                     help="no runs: rebuild the table (and with --docs the docs) from --out's rounds.json")
     args = ap.parse_args()
     if args.report_only:
-        report(args, *load_rounds(args.out))
+        info, rows = load_rounds(args.out)
+        if args.vcpu_hour_price != info.get("vcpu_hour_price", fleet_report.VCPU_HOUR_USD):
+            info["vcpu_hour_price"], info["vcpu_price_note"] = args.vcpu_hour_price, "set by --vcpu-hour-price"
+        report(args, info, rows)
         return
     if args.smoke:
         args.digits, args.photos, args.rounds, args.probe_digits, args.probe_photos = 50, 0, 1, 5, 0
@@ -723,6 +735,10 @@ def main():
     info = dict(machine(), workers=args.workers, worker_cpus=worker_cpus, emulator_cpus=emu_cpus,
                 rounds=args.rounds, digits=args.digits, photos=args.photos, mean_object_bytes=sizes,
                 emulator=os.environ.get("SCOREFLEET_EMULATOR", "ministack"), runs_repeated=retries,
+                vcpu_hour_price=args.vcpu_hour_price,
+                vcpu_price_note=fleet_report.VCPU_PRICE_NOTE if args.vcpu_hour_price == fleet_report.VCPU_HOUR_USD
+                else "set by --vcpu-hour-price",
+                scorefleet_args=args.scorefleet_arg,
                 runtime_s=round(time.monotonic() - started, 1))
     with open(os.path.join(args.out, "rounds.json"), "w") as f:
         json.dump({"info": info, "rows": [{k: v for k, v in r.items() if k != "top1"} for r in rows]}, f, indent=1)

@@ -9,10 +9,12 @@
 //! Item layout (one per job): `job_id` (S, partition key), `status` (S:
 //! `IN_PROGRESS|COMPLETED|FAILED`), `owner` (S), `attempt` (N, the fencing
 //! token), `lease_until_ms` (N), `result` (S, once finished), `finished_ms`
-//! (N, epoch ms of the finish, for run throughput), `run_id` (S, the key of
-//! the `by_run` index that run status queries), `expires_at` (N, epoch
-//! seconds, the table's TTL attribute). Run records (see [`runs`]) share the
-//! table under keys no job id can take.
+//! (N, epoch ms of the finish, for run throughput), `job_run` (S, the job's
+//! run, written by the claim), `run_id` (S, the key of the **sparse**
+//! `by_run` index that run status queries: written only by a finish, so an
+//! in-progress item is not in the index and a job costs one index write, at
+//! its finish), `expires_at` (N, epoch seconds, the table's TTL attribute).
+//! Run records (see [`runs`]) share the table under keys no job id can take.
 //!
 //! TTL is checked in code as well as by the table: DynamoDB deletes expired
 //! items up to days late, and emulators never do, so an item whose
@@ -22,9 +24,14 @@
 //! exactly the core's `expires_at_s * 1000 > now_ms`):
 //! - claim: `attribute_not_exists(job_id) OR expires_at <= now_s OR
 //!   (status = IN_PROGRESS AND lease_until_ms <= now_ms)`; sets `attempt =
-//!   if_not_exists(attempt, 0) + 1`, removes `result` and `finished_ms`.
+//!   if_not_exists(attempt, 0) + 1` and `job_run`, removes `result`,
+//!   `finished_ms` and `run_id` (an expired outcome re-claimed leaves the index).
 //! - renew / finish / release: `status = IN_PROGRESS AND owner = :o AND
-//!   attempt = :a AND expires_at > now_s`.
+//!   attempt = :a AND expires_at > now_s`; the finish also copies `job_run`
+//!   into `run_id`, which puts the job into the index.
+//! - finish without a claim (finish-only mode): the claim's condition; sets
+//!   the outcome, `run_id`, `job_run` and `attempt = if_not_exists(attempt,
+//!   0) + 1` in one write.
 
 use crate::backoff::Backoff;
 use crate::errors::{classify, permanent};
@@ -34,7 +41,8 @@ use aws_sdk_dynamodb::operation::update_item::UpdateItemError;
 use aws_sdk_dynamodb::types::{AttributeValue, KeysAndAttributes, ReturnValue, ReturnValuesOnConditionCheckFailure};
 use scorefleet_core::job::JobId;
 use scorefleet_core::lease::{
-    self, ClaimOutcome, ClaimRequest, Fence, LeaseError, OutcomeRecord, Status, Terminal, is_live,
+    self, ClaimOutcome, ClaimRequest, Fence, LeaseError, OutcomeRecord, Status, Terminal, Unclaimed, UnclaimedFinish,
+    is_live,
 };
 use scorefleet_core::traits::{OutcomeStore, ServiceError, now_ms};
 use std::collections::{BTreeSet, HashMap};
@@ -112,6 +120,12 @@ impl DynamoOutcomeStore {
     /// request, unprocessed keys retried with backoff). Absent and
     /// TTL-expired records are left out of the map; duplicate ids are fine.
     pub async fn get_many(&self, ids: &[JobId]) -> Result<HashMap<JobId, OutcomeRecord>, ServiceError> {
+        self.batch_get(ids, true).await
+    }
+
+    /// [`get_many`](Self::get_many) with `consistent_read` as given: an
+    /// eventually consistent read costs half a read unit per item.
+    async fn batch_get(&self, ids: &[JobId], consistent: bool) -> Result<HashMap<JobId, OutcomeRecord>, ServiceError> {
         const OP: &str = "BatchGetItem";
         // BatchGetItem refuses duplicate keys in one request.
         let unique: Vec<&JobId> = ids.iter().collect::<BTreeSet<_>>().into_iter().collect();
@@ -121,7 +135,7 @@ impl DynamoOutcomeStore {
             let keys: Vec<Item> = chunk.iter().map(|id| key(id)).collect();
             let mut request = KeysAndAttributes::builder()
                 .set_keys(Some(keys))
-                .consistent_read(true)
+                .consistent_read(consistent)
                 .build()
                 .map_err(|e| permanent(OP, e.to_string()))?;
             let mut retry = 0;
@@ -221,6 +235,10 @@ impl DynamoOutcomeStore {
         if set.contains("#fin") {
             names.insert("#fin".into(), "finished_ms".into());
         }
+        if set.contains("#run") {
+            names.insert("#run".into(), "run_id".into());
+            names.insert("#jrun".into(), "job_run".into());
+        }
         self.counters.incr(OP);
         let res = self
             .client
@@ -269,7 +287,7 @@ impl OutcomeStore for DynamoOutcomeStore {
             (":zero", n(0)),
             (":one", n(1)),
             (":lu", n(now_ms.saturating_add(lease_ms))),
-            (":run", s(run_id)),
+            (":jrun", s(run_id)),
             (":exp", n(now_ms / 1000 + req.ttl_s)),
             (":now_s", n(now_ms / 1000)),
             (":now_ms", n(now_ms)),
@@ -286,12 +304,17 @@ impl OutcomeStore for DynamoOutcomeStore {
             .update_item()
             .table_name(&self.table)
             .set_key(Some(key(job)))
+            // No `run_id`: the claim stays out of the sparse index (an
+            // expired outcome re-claimed leaves it); the finish copies
+            // `job_run` into it.
             .update_expression(
-                "SET #st = :ip, #ow = :o, #at = if_not_exists(#at, :zero) + :one, #lu = :lu, #run = :run, \
-                 #exp = :exp REMOVE #res, #fin",
+                "SET #st = :ip, #ow = :o, #at = if_not_exists(#at, :zero) + :one, #lu = :lu, #jrun = :jrun, \
+                 #exp = :exp REMOVE #res, #fin, #run",
             )
-            .condition_expression("attribute_not_exists(#pk) OR #exp <= :now_s OR (#st = :ip AND #lu <= :now_ms)")
-            .set_expression_attribute_names(Some(names(&["pk", "st", "ow", "at", "lu", "run", "exp", "res", "fin"])))
+            .condition_expression(CLAIMABLE)
+            .set_expression_attribute_names(Some(names(&[
+                "pk", "st", "ow", "at", "lu", "run", "jrun", "exp", "res", "fin",
+            ])))
             .set_expression_attribute_values(Some(values))
             .return_values(ReturnValue::AllOld)
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
@@ -353,8 +376,9 @@ impl OutcomeStore for DynamoOutcomeStore {
         ]);
         // finished_ms is what run status measures throughput by; it is
         // written in the same fenced write as the outcome, so a job counts as
-        // finished exactly when it has a finish time.
-        let set = "SET #st = :st, #lu = :zero, #res = :res, #fin = :fin";
+        // finished exactly when it has a finish time. run_id (the index key)
+        // likewise: the job enters the sparse index with its outcome.
+        let set = "SET #st = :st, #lu = :zero, #res = :res, #fin = :fin, #run = #jrun";
         self.fenced(job, fence, now_ms, set, values, |cur| lease::finish(cur, fence, terminal, result_json, now_ms))
             .await
     }
@@ -369,7 +393,72 @@ impl OutcomeStore for DynamoOutcomeStore {
         let now = now_ms();
         Ok(self.read(job).await?.filter(|r| is_live(r, now)))
     }
+
+    async fn finish_unclaimed(
+        &self,
+        job: &JobId,
+        req: &UnclaimedFinish<'_>,
+    ) -> Result<Result<(), Unclaimed>, ServiceError> {
+        const OP: &str = "UpdateItem";
+        let now = req.now_ms;
+        let values: Item = [
+            (":st", s(Status::from(req.terminal).as_str())),
+            (":ip", s(Status::InProgress.as_str())),
+            (":o", s(req.owner)),
+            (":zero", n(0)),
+            (":one", n(1)),
+            (":res", s(req.result_json)),
+            (":fin", n(now)),
+            (":run", s(req.run_id)),
+            (":exp", n(now / 1000 + self.ttl.as_secs())),
+            (":now_s", n(now / 1000)),
+            (":now_ms", n(now)),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+        self.counters.incr(OP);
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job)))
+            .update_expression(
+                "SET #st = :st, #ow = :o, #at = if_not_exists(#at, :zero) + :one, #lu = :zero, #res = :res, \
+                 #fin = :fin, #run = :run, #jrun = :run, #exp = :exp",
+            )
+            .condition_expression(CLAIMABLE)
+            .set_expression_attribute_names(Some(names(&[
+                "pk", "st", "ow", "at", "lu", "res", "fin", "run", "jrun", "exp",
+            ])))
+            .set_expression_attribute_values(Some(values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+            .send()
+            .await;
+        let old = match res {
+            Ok(_) => return Ok(Ok(())),
+            Err(e) => condition_failed(e)?,
+        };
+        let cur = self.refused_against(old, job).await?;
+        match lease::finish_unclaimed(cur.as_ref(), req, self.ttl.as_secs()) {
+            Err(stands) => Ok(Err(stands)),
+            // Refused, yet writable now: the record changed in between.
+            Ok(_) => Err(ServiceError::Transient {
+                op: OP,
+                message: format!("job {}: finish refused on a record that is writable now", job.as_str()),
+            }),
+        }
+    }
+
+    /// One eventually consistent BatchGetItem per 100 ids.
+    async fn lookup(&self, jobs: &[JobId]) -> Result<HashMap<JobId, OutcomeRecord>, ServiceError> {
+        self.batch_get(jobs, false).await
+    }
 }
+
+/// The states a claim (or a finish without one) may write over: absent, past
+/// its TTL, or in progress with an ended lease.
+const CLAIMABLE: &str = "attribute_not_exists(#pk) OR #exp <= :now_s OR (#st = :ip AND #lu <= :now_ms)";
 
 /// The old item of a refused condition, or the error (classified) if it was
 /// something else. `Ok(None)`: refused, but the service sent no item.
@@ -411,6 +500,7 @@ fn names(aliases: &[&str]) -> HashMap<String, String> {
                 "at" => "attempt",
                 "lu" => "lease_until_ms",
                 "run" => "run_id",
+                "jrun" => "job_run",
                 "exp" => "expires_at",
                 "res" => "result",
                 "fin" => "finished_ms",
@@ -442,7 +532,8 @@ pub fn parse_record(item: &HashMap<String, AttributeValue>) -> Result<OutcomeRec
         attempt: get_n("attempt")?.ok_or("missing `attempt`")?,
         lease_until_ms: get_n("lease_until_ms")?.unwrap_or(0),
         result: get_s("result").map(str::to_owned),
-        run_id: get_s("run_id").unwrap_or_default().to_owned(),
+        // `job_run` since the sparse index; `run_id` alone on items written before it.
+        run_id: get_s("job_run").or_else(|| get_s("run_id")).unwrap_or_default().to_owned(),
         expires_at_s: get_n("expires_at")?.unwrap_or(u64::MAX),
     })
 }
@@ -454,7 +545,11 @@ pub fn record_item(job: &JobId, r: &OutcomeRecord) -> HashMap<String, AttributeV
     item.insert("owner".into(), s(&r.owner));
     item.insert("attempt".into(), n(r.attempt));
     item.insert("lease_until_ms".into(), n(r.lease_until_ms));
-    item.insert("run_id".into(), s(&r.run_id));
+    item.insert("job_run".into(), s(&r.run_id));
+    // Only outcomes carry the sparse index's key.
+    if r.status != Status::InProgress {
+        item.insert("run_id".into(), s(&r.run_id));
+    }
     item.insert("expires_at".into(), n(r.expires_at_s));
     if let Some(res) = &r.result {
         item.insert("result".into(), s(res));

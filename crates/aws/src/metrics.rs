@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 /// The operations this crate calls, pre-registered so a metric exists (at 0)
 /// before its first request and counting is one atomic add.
-const KNOWN: [&str; 21] = [
+const KNOWN: [&str; 22] = [
     "ReceiveMessage",
     "SendMessageBatch",
     "DeleteMessageBatch",
@@ -26,6 +26,7 @@ const KNOWN: [&str; 21] = [
     "Query",
     "PutItem",
     "CreateTable",
+    "UpdateTable",
     "DescribeTable",
     "UpdateTimeToLive",
     "DescribeTimeToLive",

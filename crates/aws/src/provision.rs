@@ -27,8 +27,10 @@ use std::time::{Duration, Instant};
 /// The TTL attribute of the dedup table.
 pub const TTL_ATTRIBUTE: &str = "expires_at";
 /// The global secondary index of the dedup table by `run_id`, which run
-/// status queries. It projects only [`RUN_INDEX_ATTRIBUTES`], so the `result`
-/// JSON stays out of it and a status query reads ~100 bytes per job.
+/// status queries. Sparse: only a finish writes `run_id`, so only outcomes are
+/// in it and a job costs one index write. It projects only
+/// [`RUN_INDEX_ATTRIBUTES`], so the `result` JSON stays out of it and a
+/// status query reads ~100 bytes per job.
 pub const RUN_INDEX: &str = "by_run";
 /// The non-key attributes [`RUN_INDEX`] carries (its keys `run_id` and
 /// `job_id` come with it).
@@ -271,9 +273,16 @@ pub async fn has_run_index(
 
 /// Creates the dedup table (on-demand, key `job_id`, global secondary index
 /// [`RUN_INDEX`] on `run_id`) unless it exists, waits until it and the index
-/// are ACTIVE, and turns TTL on for [`TTL_ATTRIBUTE`]. An existing table
-/// without the index is accepted as it is (with a warning): run status then
-/// fails, naming the index.
+/// are ACTIVE, and turns TTL on for [`TTL_ATTRIBUTE`].
+///
+/// The migration path of an existing table: one without the index gets it
+/// added (`UpdateTable`; DynamoDB backfills it from the items that carry a
+/// `run_id`, and this waits until it is ACTIVE); if the endpoint refuses,
+/// the table is accepted as it is, with a warning, and run status fails
+/// naming the index. A table whose index predates the sparse index needs no
+/// change: the key is the same attribute, and its entries of jobs still in
+/// progress (written by older workers' claims) leave it as those jobs
+/// finish or are taken over.
 pub async fn ensure_table(
     ddb: &aws_sdk_dynamodb::Client,
     table: &str,
@@ -288,10 +297,7 @@ pub async fn ensure_table(
             .map_err(build)
     };
     let hash_key = |name: &str| KeySchemaElement::builder().attribute_name(name).key_type(KeyType::Hash).build();
-    let projection = Projection::builder()
-        .projection_type(ProjectionType::Include)
-        .set_non_key_attributes(Some(RUN_INDEX_ATTRIBUTES.iter().map(|a| (*a).to_owned()).collect()))
-        .build();
+    let projection = run_index_projection();
     let by_run = GlobalSecondaryIndex::builder()
         .index_name(RUN_INDEX)
         .key_schema(hash_key("run_id").map_err(build)?)
@@ -315,17 +321,29 @@ pub async fn ensure_table(
         Err(e) => return Err(classify("CreateTable", &e)),
     }
     let deadline = Instant::now() + TABLE_ACTIVE_TIMEOUT;
+    let mut index_asked = false;
     loop {
         counters.incr("DescribeTable");
         let out = ddb.describe_table().table_name(table).send().await.map_err(|e| classify("DescribeTable", &e))?;
         let active = out.table.as_ref().and_then(|t| t.table_status.as_ref()) == Some(&TableStatus::Active);
         // The index must be ACTIVE too: a Query on a CREATING index fails.
         let index = out.table.as_ref().and_then(run_index_status);
+        if active && index.is_none() && !index_asked {
+            index_asked = true;
+            match add_run_index(ddb, table, counters).await {
+                Ok(()) => {
+                    tracing::info!(table, index = RUN_INDEX, "adding the run index to an existing table");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(table, index = RUN_INDEX, error = %e, "could not add the run index; `status` will not work on this table");
+                    break;
+                }
+            }
+        }
         if active && index != Some(false) {
             if index.is_none() {
-                // An older table: left as it is (adding an index to a big
-                // table is a backfill an operator should choose), and run
-                // status says what is missing.
+                // Asked for, yet not listed: an endpoint that ignores the update.
                 tracing::warn!(table, index = RUN_INDEX, "the table has no run index; `status` will not work on it");
             }
             break;
@@ -365,6 +383,48 @@ pub async fn ensure_table(
         Err(e) if aws_sdk_dynamodb::error::DisplayErrorContext(&e).to_string().contains("already enabled") => Ok(()),
         Err(e) => Err(classify("UpdateTimeToLive", &e)),
     }
+}
+
+/// The [`RUN_INDEX`] definition: key `run_id`, projecting [`RUN_INDEX_ATTRIBUTES`].
+fn run_index_projection() -> Projection {
+    Projection::builder()
+        .projection_type(ProjectionType::Include)
+        .set_non_key_attributes(Some(RUN_INDEX_ATTRIBUTES.iter().map(|a| (*a).to_owned()).collect()))
+        .build()
+}
+
+/// Adds [`RUN_INDEX`] to an existing table (one `UpdateTable`); DynamoDB
+/// builds it in the background.
+async fn add_run_index(
+    ddb: &aws_sdk_dynamodb::Client,
+    table: &str,
+    counters: &ApiCounters,
+) -> Result<(), ServiceError> {
+    use aws_sdk_dynamodb::types::{CreateGlobalSecondaryIndexAction, GlobalSecondaryIndexUpdate};
+    let build = |e: aws_sdk_dynamodb::error::BuildError| permanent("UpdateTable", e.to_string());
+    let create = CreateGlobalSecondaryIndexAction::builder()
+        .index_name(RUN_INDEX)
+        .key_schema(
+            KeySchemaElement::builder().attribute_name("run_id").key_type(KeyType::Hash).build().map_err(build)?,
+        )
+        .projection(run_index_projection())
+        .build()
+        .map_err(build)?;
+    counters.incr("UpdateTable");
+    ddb.update_table()
+        .table_name(table)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("run_id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .map_err(build)?,
+        )
+        .global_secondary_index_updates(GlobalSecondaryIndexUpdate::builder().create(create).build())
+        .send()
+        .await
+        .map_err(|e| classify("UpdateTable", &e))?;
+    Ok(())
 }
 
 /// Creates a bucket unless this account already owns it.

@@ -12,6 +12,18 @@
 //! `scorefleet-aws` encodes each one as a single conditional write, and its
 //! integration tests check it against the same cases as the tests here.
 //!
+//! **Finish-only mode** skips the claim: a job's only write is
+//! [`finish_unclaimed`], which records the outcome if no live terminal
+//! outcome exists and no live claim holds the job, and otherwise names what
+//! stands ([`Unclaimed`]). It still stores exactly one outcome per job: the
+//! write is conditional on the state it checks. What it gives up is the
+//! guarantee that a job is *computed* once: two copies in flight at once
+//! (at-least-once delivery) are both computed, and the second finish loses
+//! and re-sends the stored result. Its record carries an attempt one above
+//! the record it replaced, so a claim-mode worker whose lease it replaced
+//! (ended) is fenced, and mixed fleets stay safe. [`Fence::unclaimed`] is
+//! the fence such a job travels with: attempt 0, which no claim produces.
+//!
 //! Timestamps are in code, not only in TTL: DynamoDB deletes expired items
 //! lazily (up to days later), so a record whose `expires_at_s` has passed is
 //! treated as absent.
@@ -92,6 +104,103 @@ pub struct Fence {
     pub owner: String,
     /// The attempt number the claim produced.
     pub attempt: u64,
+}
+
+impl Fence {
+    /// The fence of a job that was not claimed (finish-only mode): attempt 0,
+    /// which no claim produces (the first claim makes attempt 1). There is no
+    /// lease to renew or release.
+    pub fn unclaimed(owner: &str) -> Self {
+        Fence { owner: owner.to_owned(), attempt: 0 }
+    }
+
+    /// Whether this fence came from a claim (and so holds a lease).
+    pub fn is_claim(&self) -> bool {
+        self.attempt > 0
+    }
+}
+
+/// Why an unclaimed finish was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unclaimed {
+    /// An outcome is stored already: re-send it, drop ours.
+    Done(OutcomeRecord),
+    /// A claim-mode worker's live lease holds the job: leave the message.
+    Busy {
+        /// The holder.
+        owner: String,
+        /// When its lease ends.
+        lease_until_ms: u64,
+    },
+}
+
+/// What a finish-only worker does with a job, from its record as the batched
+/// read found it (possibly stale: the finish's condition decides for good).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    /// No outcome and no live lease: compute it.
+    Compute,
+    /// Already finished: re-send the stored result, do not compute.
+    Done(OutcomeRecord),
+    /// A claim-mode worker holds a live lease: leave the message.
+    Busy,
+}
+
+/// The decision on a job from its looked-up record.
+pub fn lookup(cur: Option<&OutcomeRecord>, now_ms: u64) -> Lookup {
+    match live(cur, now_ms) {
+        None => Lookup::Compute,
+        Some(r) => match r.status {
+            Status::Completed | Status::Failed => Lookup::Done(r.clone()),
+            Status::InProgress if r.lease_until_ms > now_ms => Lookup::Busy,
+            Status::InProgress => Lookup::Compute,
+        },
+    }
+}
+
+/// A finish without a claim.
+#[derive(Debug, Clone)]
+pub struct UnclaimedFinish<'a> {
+    /// The finishing worker.
+    pub owner: &'a str,
+    /// The job's run.
+    pub run_id: &'a str,
+    /// The outcome.
+    pub terminal: Terminal,
+    /// The result message JSON.
+    pub result_json: &'a str,
+    /// Current time, epoch ms.
+    pub now_ms: u64,
+}
+
+/// Finish-only: the outcome is written if the record is absent, past its TTL,
+/// or `InProgress` with an ended lease (the same states a claim may take);
+/// the new record's attempt is one above the old one's, and it lives `ttl_s`
+/// seconds.
+pub fn finish_unclaimed(
+    cur: Option<&OutcomeRecord>,
+    req: &UnclaimedFinish<'_>,
+    ttl_s: u64,
+) -> Result<OutcomeRecord, Unclaimed> {
+    let attempt = match live(cur, req.now_ms) {
+        None => cur.map_or(0, |r| r.attempt) + 1,
+        Some(r) => match r.status {
+            Status::Completed | Status::Failed => return Err(Unclaimed::Done(r.clone())),
+            Status::InProgress if r.lease_until_ms > req.now_ms => {
+                return Err(Unclaimed::Busy { owner: r.owner.clone(), lease_until_ms: r.lease_until_ms });
+            }
+            Status::InProgress => r.attempt + 1,
+        },
+    };
+    Ok(OutcomeRecord {
+        status: req.terminal.into(),
+        owner: req.owner.to_owned(),
+        attempt,
+        lease_until_ms: 0,
+        result: Some(req.result_json.to_owned()),
+        run_id: req.run_id.to_owned(),
+        expires_at_s: req.now_ms / 1000 + ttl_s,
+    })
 }
 
 /// What a claim found.
@@ -343,6 +452,54 @@ mod tests {
         }
     }
 
+    fn unclaimed<'a>(owner: &'a str, now_ms: u64) -> UnclaimedFinish<'a> {
+        UnclaimedFinish { owner, run_id: "r", terminal: Terminal::Completed, result_json: owner, now_ms }
+    }
+
+    #[test]
+    fn unclaimed_finish_and_lookup_from_every_state() {
+        for (name, cur) in states() {
+            let got = finish_unclaimed(cur.as_ref(), &unclaimed("b", NOW), TTL);
+            let seen = lookup(cur.as_ref(), NOW);
+            match name {
+                "absent" | "ttl-expired" | "ended lease of a" | "released by a" => {
+                    let r = got.unwrap_or_else(|e| panic!("{name}: {e:?}"));
+                    let next = cur.as_ref().map_or(1, |c| c.attempt + 1);
+                    assert_eq!(
+                        (r.status, r.owner.as_str(), r.attempt, r.lease_until_ms, r.result.as_deref()),
+                        (Status::Completed, "b", next, 0, Some("b")),
+                        "{name}"
+                    );
+                    assert_eq!(seen, Lookup::Compute, "{name}");
+                }
+                "live lease of a" => {
+                    assert_eq!(got, Err(Unclaimed::Busy { owner: "a".into(), lease_until_ms: NOW + 1 }));
+                    assert_eq!(seen, Lookup::Busy);
+                }
+                "completed" | "failed" => {
+                    let stored = cur.clone().expect("a record");
+                    assert_eq!(got, Err(Unclaimed::Done(stored.clone())), "{name}");
+                    assert_eq!(seen, Lookup::Done(stored), "{name}");
+                }
+                _ => unreachable!("{name}"),
+            }
+        }
+        assert!(!Fence::unclaimed("w").is_claim());
+        assert!(Fence { owner: "w".into(), attempt: 1 }.is_claim());
+    }
+
+    #[test]
+    fn a_claim_holder_replaced_by_an_unclaimed_finish_is_fenced() {
+        // a claims, its lease ends, b finishes without a claim: a's finish must fail.
+        let (ClaimOutcome::Claimed(fa), Some(rec_a)) = claim(None, &req("a", NOW)) else { panic!("claim") };
+        let later = rec_a.lease_until_ms;
+        let rec_b = finish_unclaimed(Some(&rec_a), &unclaimed("b", later), TTL).expect("ended lease");
+        assert_eq!(
+            finish(Some(&rec_b), &fa, Terminal::Completed, "a", later),
+            Err(LeaseError::Fenced { owner: "b".into(), attempt: 2 })
+        );
+    }
+
     #[test]
     fn finish_and_release_write_what_they_say() {
         let cur = rec(Status::InProgress, "a", 2, NOW + 5);
@@ -361,12 +518,15 @@ mod tests {
         Renew(usize),
         Finish(usize),
         Release(usize),
+        /// A finish-only worker (its own identity, `u0`–`u2`) finishes the job.
+        Unclaimed(usize),
         Tick(u64),
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
             (0..3usize).prop_map(Op::Claim),
+            (0..3usize).prop_map(Op::Unclaimed),
             (0..3usize).prop_map(Op::Renew),
             (0..3usize).prop_map(Op::Finish),
             (0..3usize).prop_map(Op::Release),
@@ -375,8 +535,9 @@ mod tests {
     }
 
     proptest! {
-        /// Three workers race on one job in any interleaving, with time
-        /// passing. Whatever happens: at most one finish ever succeeds, a
+        /// Three claiming workers and three finish-only workers race on one
+        /// job in any interleaving, with time passing (the TTL never runs
+        /// out here). Whatever happens: at most one finish ever succeeds, a
         /// worker only writes while its fence matches the record, and at most
         /// one worker believes it holds a live lease at any instant.
         #[test]
@@ -412,6 +573,13 @@ mod tests {
                         && let Ok(r) = release(table.as_ref(), &f, now) {
                         table = Some(r);
                     },
+                    Op::Unclaimed(w) => {
+                        let owner = ["u0", "u1", "u2"][w];
+                        if let Ok(r) = finish_unclaimed(table.as_ref(), &unclaimed(owner, now), TTL) {
+                            finishes += 1;
+                            table = Some(r);
+                        }
+                    }
                 }
                 prop_assert!(finishes <= 1);
                 // Only the fence on the record can write; any other holder is stale.

@@ -11,8 +11,9 @@
 
 use crate::error::JobError;
 use crate::job::JobId;
-use crate::lease::{ClaimOutcome, Fence, LeaseError, OutcomeRecord, Terminal};
+use crate::lease::{ClaimOutcome, Fence, LeaseError, OutcomeRecord, Terminal, Unclaimed, UnclaimedFinish};
 use crate::result::{ModelRef, Prediction, Scored};
+use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -152,6 +153,23 @@ pub trait OutcomeStore: Send + Sync + 'static {
 
     /// Reads the record, if any.
     fn get(&self, job: &JobId) -> impl Future<Output = Result<Option<OutcomeRecord>, ServiceError>> + Send;
+
+    /// Finish-only mode: records the outcome of a job nobody claimed, if no
+    /// live outcome and no live lease exist ([`crate::lease::finish_unclaimed`]);
+    /// one conditional write. A refusal names what stands.
+    fn finish_unclaimed(
+        &self,
+        job: &JobId,
+        req: &UnclaimedFinish<'_>,
+    ) -> impl Future<Output = Result<Result<(), Unclaimed>, ServiceError>> + Send;
+
+    /// Finish-only mode's read before computing: the live records of `jobs`
+    /// (absent ones left out), as cheaply as the store allows. May be stale
+    /// (an eventually consistent read): the finish's condition decides.
+    fn lookup(
+        &self,
+        jobs: &[JobId],
+    ) -> impl Future<Output = Result<HashMap<JobId, OutcomeRecord>, ServiceError>> + Send;
 }
 
 /// Object storage for images and model weights.

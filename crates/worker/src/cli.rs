@@ -5,6 +5,7 @@
 //! rule; nothing is clamped silently.
 
 use crate::fetch::http::Timeouts;
+use crate::mode::{Mode, Policy, Prices};
 use crate::settings::Settings;
 use clap::{Parser, ValueEnum};
 use scorefleet_aws::Backoff;
@@ -144,10 +145,42 @@ pub struct Cli {
     /// An invalid filter is refused at start.
     #[arg(long, env = "SCOREFLEET_LOG", default_value = "info")]
     pub log: String,
+    /// Dedup mode: `claim` (claim each job before computing it: computed once,
+    /// two table writes a job), `finish-only` (a batched read skips finished
+    /// jobs; the conditional finish is the only write: one stored outcome, a
+    /// duplicate in flight may be computed twice) or `auto` (finish-only when
+    /// computing an image twice costs less than the write it saves, at the
+    /// --dedup-*-usd prices and the CPU per image measured over the first
+    /// images; docs/protocol.md).
+    #[arg(long, env = "SCOREFLEET_DEDUP", value_enum, default_value = "auto")]
+    pub dedup: DedupFlag,
+    /// `--dedup auto`: the price of one vCPU-hour, in dollars (default: an
+    /// on-demand c7i.large in us-east-1, $0.08925/h for 2 vCPUs).
+    #[arg(long, env = "SCOREFLEET_DEDUP_VCPU_HOUR_USD", default_value_t = 0.044625)]
+    pub dedup_vcpu_hour_usd: f64,
+    /// `--dedup auto`: the price of a million DynamoDB write units, in dollars
+    /// (on-demand, us-east-1).
+    #[arg(long, env = "SCOREFLEET_DEDUP_WRITE_USD_PER_MILLION", default_value_t = 0.625)]
+    pub dedup_write_usd_per_million: f64,
+    /// `--dedup auto`: the price of a million DynamoDB read units, in dollars
+    /// (on-demand, us-east-1; an eventually consistent read is half a unit).
+    #[arg(long, env = "SCOREFLEET_DEDUP_READ_USD_PER_MILLION", default_value_t = 0.125)]
+    pub dedup_read_usd_per_million: f64,
     /// Test-only fault: the predictor panics on this batch (1-based), to
     /// check that the worker stops, drains and exits non-zero.
     #[arg(long, env = "SCOREFLEET_FAULT_PANIC_ON_BATCH", hide = true)]
     pub fault_panic_on_batch: Option<u64>,
+}
+
+/// `--dedup`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DedupFlag {
+    /// Claim before computing.
+    Claim,
+    /// The conditional finish is the only write.
+    FinishOnly,
+    /// Chosen per model from its measured CPU per image.
+    Auto,
 }
 
 /// How log lines are written.
@@ -272,6 +305,24 @@ impl Cli {
             (None, None) => DEFAULT_DRAIN_TIMEOUT_SECONDS,
         };
         let log = log_filter(&self.log)?;
+        for (flag, v) in [
+            ("dedup-vcpu-hour-usd", self.dedup_vcpu_hour_usd),
+            ("dedup-write-usd-per-million", self.dedup_write_usd_per_million),
+            ("dedup-read-usd-per-million", self.dedup_read_usd_per_million),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return Err(refuse(flag, format!("must be a positive price in dollars; got {v}")));
+            }
+        }
+        let dedup = match self.dedup {
+            DedupFlag::Claim => Policy::Fixed(Mode::Claim),
+            DedupFlag::FinishOnly => Policy::Fixed(Mode::FinishOnly),
+            DedupFlag::Auto => Policy::Auto(Prices {
+                vcpu_hour_usd: self.dedup_vcpu_hour_usd,
+                write_unit_usd: self.dedup_write_usd_per_million / 1e6,
+                read_unit_usd: self.dedup_read_usd_per_million / 1e6,
+            }),
+        };
         let settings = Settings {
             worker_id: self.worker_id.clone().unwrap_or_else(default_worker_id),
             receivers: self.receivers,
@@ -287,6 +338,7 @@ impl Cli {
             retries: self.retries,
             backoff: Backoff::new(Duration::from_millis(100), Duration::from_secs(20)),
             drain_timeout: Duration::from_secs(drain_timeout_seconds),
+            dedup,
         };
         let timeouts = Timeouts {
             connect: Duration::from_millis(self.http_connect_timeout_ms),

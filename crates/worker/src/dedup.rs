@@ -10,16 +10,26 @@
 //! - `Done` → no recompute: the stored result is re-sent and the message
 //!   deleted (the first worker may have died between finish and send).
 //! - Unparsable without a job id → left to the queue's redrive policy (DLQ).
+//!
+//! In finish-only mode ([`crate::mode`]) there is no claim: one batched,
+//! eventually consistent read per receive batch finds the jobs that already
+//! have an outcome (→ re-sent, as `Done` above) or a claim-mode worker's live
+//! lease (→ left, as `Busy`); the rest go on without a lease, their fence
+//! [`Fence::unclaimed`], and their finish is the conditional write that keeps
+//! one outcome per job. A failed read only costs that check: the jobs go on,
+//! and the finish still decides.
 
 use crate::ctx::{Claims, Ctx};
 use crate::job::{Delivery, Emit, Job, Outcome};
 use crate::lease::InFlight;
 use crate::metrics::Stage;
+use crate::mode::Mode;
 use scorefleet_aws::retry;
 use scorefleet_core::error::{ErrorKind, JobError};
 use scorefleet_core::job::{JobId, JobMessage};
-use scorefleet_core::lease::ClaimOutcome;
+use scorefleet_core::lease::{self, ClaimOutcome, Fence, Lookup, OutcomeRecord};
 use scorefleet_core::traits::{JobQueue, OutcomeStore, Received, ServiceError, now_ms};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -37,6 +47,7 @@ pub(crate) async fn run<Q, O>(
     Q: JobQueue,
     O: OutcomeStore,
 {
+    ctx.metrics.dedup.configure(ctx.settings.dedup);
     while let Some(Delivery { at_ms, msgs }) = rx.recv().await {
         let received = msgs.len();
         if ctx.stop.is_cancelled() {
@@ -48,7 +59,11 @@ pub(crate) async fn run<Q, O>(
             continue;
         }
         let msgs = distinct_deliveries(msgs);
-        let claiming = msgs.into_iter().map(|m| claim_one(&ctx, &claims, m, at_ms));
+        let found = match ctx.metrics.dedup.current(&ctx.metrics) {
+            Mode::Claim => None,
+            Mode::FinishOnly => Some(look_up(&ctx, &*claims.store, &msgs).await),
+        };
+        let claiming = msgs.into_iter().map(|m| claim_one(&ctx, &claims, m, at_ms, found.as_ref()));
         let steps = futures::future::join_all(claiming).await;
         // Claimed ones are in the registry now; the others are left or done.
         ctx.registry.through_claim(received);
@@ -125,8 +140,46 @@ pub fn route(body: &str) -> Route {
 /// The run an unparsable message's record is filed under.
 pub const UNPARSABLE_RUN: &str = "unparsable";
 
-/// Parses and claims one message.
-async fn claim_one<Q, O: OutcomeStore>(ctx: &Ctx, claims: &Claims<Q, O>, m: Received, received_ms: u64) -> Step {
+/// Finish-only mode: the records of the jobs these messages name, in one
+/// batched read (eventually consistent; retried while transient). Empty when
+/// the read fails: the jobs are computed and their finish decides.
+async fn look_up<O: OutcomeStore>(
+    ctx: &Ctx,
+    store: &O,
+    msgs: &[Received],
+) -> HashMap<scorefleet_core::job::JobId, OutcomeRecord> {
+    let ids: Vec<JobId> = msgs
+        .iter()
+        .filter_map(|m| match route(&m.body) {
+            Route::Job(job) => Some(job.job_id),
+            Route::Invalid { job_id, .. } => Some(job_id),
+            Route::DeadLetter { .. } => None,
+        })
+        .collect();
+    if ids.is_empty() {
+        return HashMap::new();
+    }
+    ctx.metrics.dedup_lookups.fetch_add(ids.len() as u64, Ordering::Relaxed);
+    let retries = ctx.settings.retries;
+    let read = || store.lookup(&ids);
+    match retry(ctx.settings.backoff, |e: &ServiceError, n| e.is_transient() && n < retries, read).await {
+        Ok(found) => found,
+        Err(e) => {
+            tracing::warn!(error = %e, jobs = ids.len(), "outcome lookup failed; computing, the finish decides");
+            HashMap::new()
+        }
+    }
+}
+
+/// Parses and claims one message; in finish-only mode (`found`: the batched
+/// read's records) decides from the record instead of claiming.
+async fn claim_one<Q, O: OutcomeStore>(
+    ctx: &Ctx,
+    claims: &Claims<Q, O>,
+    m: Received,
+    received_ms: u64,
+    found: Option<&HashMap<JobId, OutcomeRecord>>,
+) -> Step {
     let (job_id, parsed, parse_error) = match route(&m.body) {
         Route::Job(job) => (job.job_id.clone(), Some(job), None),
         Route::Invalid { job_id, error } => (job_id, None, Some(error)),
@@ -159,6 +212,18 @@ async fn claim_one<Q, O: OutcomeStore>(ctx: &Ctx, claims: &Claims<Q, O>, m: Rece
     // the channel since); the lease ends a margin before it, so a message
     // whose worker died comes back to a lease already over.
     let lease_until_ms = received_ms.min(now_ms()) + lease_ms - margin_ms;
+    if let Some(found) = found {
+        let fence = match lease::lookup(found.get(&job_id), now_ms()) {
+            Lookup::Compute => Fence::unclaimed(&ctx.settings.worker_id),
+            Lookup::Busy => {
+                ctx.metrics.busy.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(job_id = %job_id, "held by a live claim; left for visibility to bring back");
+                return Step::Leave;
+            }
+            Lookup::Done(record) => return done(ctx, job_id, m.receipt_handle, record),
+        };
+        return start(ctx, m, job_id, run_id, parsed, parse_error, fence, received_ms, lease_until_ms);
+    }
     let retries = ctx.settings.retries;
     let claim = || {
         let now = now_ms();
@@ -186,16 +251,36 @@ async fn claim_one<Q, O: OutcomeStore>(ctx: &Ctx, claims: &Claims<Q, O>, m: Rece
             tracing::debug!(job_id = %job_id, %owner, "held by a live lease; left for visibility to bring back");
             return Step::Leave;
         }
-        ClaimOutcome::Done(record) => {
-            ctx.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
-            return match record.result {
-                // The first copy's result may never have been sent (crash
-                // between finish and send): sending again is the safe side.
-                Some(body) => Step::Emit(Emit::Resend { job_id: job_id.to_string(), receipt: m.receipt_handle, body }),
-                None => Step::Leave,
-            };
-        }
+        ClaimOutcome::Done(record) => return done(ctx, job_id, m.receipt_handle, record),
     };
+    start(ctx, m, job_id, run_id, parsed, parse_error, fence, received_ms, lease_until_ms)
+}
+
+/// A job already finished: its stored result is re-sent, nothing computed.
+fn done(ctx: &Ctx, job_id: JobId, receipt: String, record: OutcomeRecord) -> Step {
+    ctx.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+    match record.result {
+        // The first copy's result may never have been sent (crash
+        // between finish and send): sending again is the safe side.
+        Some(body) => Step::Emit(Emit::Resend { job_id: job_id.to_string(), receipt, body }),
+        None => Step::Leave,
+    }
+}
+
+/// Registers a job taken (claimed, or unclaimed in finish-only mode) and
+/// routes it to fetch, or to record when its body was broken.
+#[allow(clippy::too_many_arguments)]
+fn start(
+    ctx: &Ctx,
+    m: Received,
+    job_id: JobId,
+    run_id: String,
+    parsed: Option<JobMessage>,
+    parse_error: Option<String>,
+    fence: Fence,
+    received_ms: u64,
+    lease_until_ms: u64,
+) -> Step {
     // The keeper extends both before the lease (the earlier) ends.
     let held = ctx.registry.hold(
         InFlight {

@@ -15,6 +15,10 @@
 //! instead of finding it `Busy` and leaving it for another whole visibility
 //! timeout (each of those receives counts towards the dead-letter limit).
 //!
+//! A job taken without a claim (finish-only dedup mode: its fence is
+//! [`Fence::unclaimed`]) has no DynamoDB lease: the keeper extends its
+//! visibility alone, and there is no claim to release.
+//!
 //! A job's entry is owned by its [`Held`] guard. A guard dropped while its
 //! job is still ours (a stage ended or panicked holding it) leaves an
 //! orphan, which the keeper's next pass gives back: claim released, message
@@ -277,8 +281,12 @@ pub(crate) async fn return_messages<Q: JobQueue>(queue: &Q, entries: &[(String, 
     }
 }
 
-/// Releases one claim so the next claim takes it over at once.
+/// Releases one claim so the next claim takes it over at once (nothing to do
+/// for a job taken without a claim).
 pub(crate) async fn release_claim<O: OutcomeStore>(store: &O, job_id: &JobId, fence: &Fence) {
+    if !fence.is_claim() {
+        return;
+    }
     match store.release(job_id, fence).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::debug!(%job_id, reason = %e, "claim not released: no longer ours"),
@@ -355,6 +363,12 @@ pub async fn renew_due<Q: JobQueue, O: OutcomeStore>(
         Err(e) => tracing::warn!(error = %e, "visibility extension failed; retrying next tick"),
     }
     let renewals = due.iter().map(|(key, j)| async move {
+        if !j.fence.is_claim() {
+            // No DynamoDB lease: the visibility just extended is all it holds.
+            registry.set_lease(*key, until);
+            metrics.lease_renewals.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
         match store.renew(&j.job_id, &j.fence, until).await {
             Ok(Ok(())) => {
                 registry.set_lease(*key, until);

@@ -22,13 +22,16 @@
 //!   what the stages share; none of them imports a stage.
 //! - [`supervise`]: every task and thread watched; a fault stops the worker.
 //! - [`receive`]: N concurrent long polls.
-//! - [`dedup`]: parse and claim; Done → re-send and delete, Busy → leave.
+//! - [`dedup`]: parse and claim (or, in finish-only mode, one batched read);
+//!   Done → re-send and delete, Busy → leave.
+//! - [`mode`]: the dedup mode (claim, finish-only, or auto by CPU cost).
 //! - [`fetch`]: job URL → bytes: S3 (bucket allowlist) and `http(s)` behind
 //!   the SSRF guard ([`fetch::ssrf`], [`fetch::http`]); the fetch stage.
 //! - [`decode`]: bytes → model input on the blocking pool.
 //! - [`batch`]: async driver of the core batching policy.
 //! - [`infer`]: the inference thread that owns the predictor.
-//! - [`record`]: the fenced finish.
+//! - [`record`]: the fenced finish (finish-only: the conditional finish; a
+//!   loser re-sends the stored result).
 //! - [`emit`]: results ×10, then deletes ×10.
 //! - [`lease`]: the in-flight registry and the lease keeper (SQS visibility
 //!   and DynamoDB lease extended together; a lost lease is abandoned).
@@ -51,6 +54,7 @@ pub mod infer;
 mod job;
 pub mod lease;
 pub mod metrics;
+pub mod mode;
 pub mod pipeline;
 pub mod probe;
 pub mod receive;

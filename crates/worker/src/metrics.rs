@@ -83,6 +83,14 @@ pub struct Metrics {
     /// Stage latency: total microseconds and count, per stage.
     stage_us: [AtomicU64; STAGES.len()],
     stage_n: [AtomicU64; STAGES.len()],
+    /// The dedup mode (configured, and under `auto` decided from these counters).
+    pub dedup: crate::mode::Choice,
+    /// Finish-only mode: job records asked for by the batched read (each
+    /// costs half a read unit).
+    pub dedup_lookups: AtomicU64,
+    /// Finish-only mode: finishes that found an outcome already stored (the
+    /// job was computed twice; the stored result was re-sent).
+    pub finishes_lost: AtomicU64,
 }
 
 impl Metrics {
@@ -106,6 +114,12 @@ impl Metrics {
         let i = stage as usize;
         self.stage_us[i].fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
         self.stage_n[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Total microseconds and count of one stage's observations.
+    pub fn stage_total(&self, stage: Stage) -> (u64, u64) {
+        let i = stage as usize;
+        (self.stage_us[i].load(Ordering::Relaxed), self.stage_n[i].load(Ordering::Relaxed))
     }
 
     /// Records the served model, once (later calls are ignored).
@@ -156,6 +170,25 @@ impl Metrics {
         counter("leases_taken_over_total", "Expired leases of other workers taken over.", get(&self.takeovers));
         counter("results_sent_total", "Result messages sent to the output queue.", get(&self.results_sent));
         counter("messages_deleted_total", "Input messages deleted.", get(&self.deleted));
+        counter(
+            "dedup_lookups_total",
+            "Finish-only mode: job records read by the batched lookup.",
+            get(&self.dedup_lookups),
+        );
+        counter(
+            "finishes_lost_total",
+            "Finish-only mode: finishes that found an outcome stored (computed twice; stored result re-sent).",
+            get(&self.finishes_lost),
+        );
+        let _ = writeln!(
+            o,
+            "# HELP scorefleet_dedup_mode The dedup mode in use (none while auto is still measuring).
+# TYPE scorefleet_dedup_mode gauge"
+        );
+        for mode in [crate::mode::Mode::Claim, crate::mode::Mode::FinishOnly] {
+            let on = u8::from(self.dedup.decided() == Some(mode));
+            let _ = writeln!(o, "scorefleet_dedup_mode{{mode=\"{}\"}} {on}", mode.as_str());
+        }
         let _ = writeln!(
             o,
             "# HELP scorefleet_jobs_failed_total Jobs failed, by error kind.\n# TYPE scorefleet_jobs_failed_total counter"

@@ -2,6 +2,14 @@
 //! refused finish means the lease was lost: another worker owns the job and
 //! our result is dropped, never sent, never deleted.
 //!
+//! In finish-only mode (an unclaimed job, [`scorefleet_core::lease::Fence::unclaimed`]) the finish
+//! is the conditional write of [`scorefleet_core::traits::OutcomeStore::finish_unclaimed`]: it stores
+//! the outcome only if none is stored (and no live claim holds the job). A
+//! worker whose finish finds an outcome stored lost a race with a duplicate
+//! in flight: it re-sends the stored result, not its own, and deletes its
+//! message; one holding a live claim of another worker is dropped like a
+//! lost lease.
+//!
 //! A failure of a retryable kind (`fetch_failed`, `internal`: see
 //! [`scorefleet_core::ErrorKind::retry`]) is never recorded as final: its
 //! claim is released and its message left for redelivery, so the queue's
@@ -13,7 +21,7 @@ use crate::job::{Emit, Outcome};
 use crate::metrics::Stage;
 use scorefleet_aws::retry;
 use scorefleet_core::error::Retry;
-use scorefleet_core::lease::LeaseError;
+use scorefleet_core::lease::{LeaseError, Unclaimed, UnclaimedFinish};
 use scorefleet_core::traits::{JobQueue, OutcomeStore, ServiceError, now_ms};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -62,6 +70,9 @@ async fn record_one<Q: JobQueue, O: OutcomeStore>(ctx: &Ctx, claims: &Claims<Q, 
     }
     let body = result.to_json();
     let started = Instant::now();
+    if !job.fence.is_claim() {
+        return record_unclaimed(ctx, &*claims.store, job, &result, terminal, body, started).await;
+    }
     let retries = ctx.settings.retries;
     let finish = || claims.store.finish(&job.job_id, &job.fence, terminal, &body, now_ms());
     match retry(ctx.settings.backoff, |e: &ServiceError, n| e.is_transient() && n < retries, finish).await {
@@ -78,13 +89,77 @@ async fn record_one<Q: JobQueue, O: OutcomeStore>(ctx: &Ctx, claims: &Claims<Q, 
             job.held.settle();
             return None;
         }
-        Err(e) => {
-            tracing::warn!(job_id = %job.job_id, error = %e, "could not record the outcome; message left for redelivery");
-            ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
+        Err(e) => return unrecorded(ctx, job, &e),
+    }
+    Some(recorded(ctx, job, &result, body, started))
+}
+
+/// Finish-only mode: the conditional finish of a job nobody claimed. Lost to
+/// a stored outcome, the stored result is what is sent.
+async fn record_unclaimed<O: OutcomeStore>(
+    ctx: &Ctx,
+    store: &O,
+    job: crate::job::Job,
+    result: &scorefleet_core::result::ResultMessage,
+    terminal: scorefleet_core::lease::Terminal,
+    body: String,
+    started: Instant,
+) -> Option<Emit> {
+    let retries = ctx.settings.retries;
+    let run_id = if job.run_id.is_empty() { crate::dedup::UNPARSABLE_RUN } else { job.run_id.as_str() };
+    let job_id = &job.job_id;
+    let finish = || {
+        let req =
+            UnclaimedFinish { owner: &ctx.settings.worker_id, run_id, terminal, result_json: &body, now_ms: now_ms() };
+        async move { store.finish_unclaimed(job_id, &req).await }
+    };
+    let stored = match retry(ctx.settings.backoff, |e: &ServiceError, n| e.is_transient() && n < retries, finish).await
+    {
+        Ok(Ok(())) => return Some(recorded(ctx, job, result, body, started)),
+        // Stored already: by a duplicate in flight (or by our own earlier
+        // try whose answer was lost). The stored outcome is the one: re-send
+        // it, delete the message.
+        Ok(Err(Unclaimed::Done(stored))) => stored,
+        Ok(Err(Unclaimed::Busy { owner, .. })) => {
+            tracing::warn!(job_id = %job.job_id, %owner, "finish refused: a live claim holds the job");
+            ctx.metrics.busy.fetch_add(1, Ordering::Relaxed);
             job.held.settle();
             return None;
         }
-    }
+        Err(e) => return unrecorded(ctx, job, &e),
+    };
+    ctx.metrics.finishes_lost.fetch_add(1, Ordering::Relaxed);
+    ctx.metrics.duplicates.fetch_add(1, Ordering::Relaxed);
+    let Some(stored_body) = stored.result else {
+        job.held.settle();
+        return None;
+    };
+    tracing::debug!(job_id = %job.job_id, "finish found an outcome stored; re-sending it");
+    Some(Emit::Finished {
+        held: job.held,
+        job_id: job.job_id.to_string(),
+        receipt: job.receipt,
+        body: stored_body,
+        received_ms: job.received_ms,
+    })
+}
+
+/// The outcome could not be stored: the message is left for redelivery.
+fn unrecorded(ctx: &Ctx, job: crate::job::Job, e: &ServiceError) -> Option<Emit> {
+    tracing::warn!(job_id = %job.job_id, error = %e, "could not record the outcome; message left for redelivery");
+    ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
+    job.held.settle();
+    None
+}
+
+/// Counts a recorded outcome and hands it to emit.
+fn recorded(
+    ctx: &Ctx,
+    job: crate::job::Job,
+    result: &scorefleet_core::result::ResultMessage,
+    body: String,
+    started: Instant,
+) -> Emit {
     ctx.metrics.observe(Stage::Record, started.elapsed());
     match &result.error {
         None => ctx.metrics.succeeded.fetch_add(1, Ordering::Relaxed),
@@ -93,11 +168,11 @@ async fn record_one<Q: JobQueue, O: OutcomeStore>(ctx: &Ctx, claims: &Claims<Q, 
             0
         }
     };
-    Some(Emit::Finished {
+    Emit::Finished {
         held: job.held,
         job_id: job.job_id.to_string(),
         receipt: job.receipt,
         body,
         received_ms: job.received_ms,
-    })
+    }
 }

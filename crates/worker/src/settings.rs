@@ -36,4 +36,6 @@ pub struct Settings {
     pub backoff: Backoff,
     /// How long shutdown waits for in-flight work.
     pub drain_timeout: Duration,
+    /// Claim each job, finish only, or choose by CPU cost ([`crate::mode`]).
+    pub dedup: crate::mode::Policy,
 }

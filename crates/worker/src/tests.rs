@@ -17,7 +17,9 @@ use crate::settings::Settings;
 use scorefleet_aws::Backoff;
 use scorefleet_core::error::{ErrorKind, JobError};
 use scorefleet_core::job::{JobId, JobUrl};
-use scorefleet_core::lease::{self, ClaimOutcome, ClaimRequest, Fence, LeaseError, OutcomeRecord, Status, Terminal};
+use scorefleet_core::lease::{
+    self, ClaimOutcome, ClaimRequest, Fence, LeaseError, OutcomeRecord, Status, Terminal, Unclaimed, UnclaimedFinish,
+};
 use scorefleet_core::result::{ModelRef, Prediction, ResultMessage, ResultStatus};
 use scorefleet_core::traits::{
     Chw, EntryFailure, JobQueue, MessageSink, OutcomeStore, Predictor, Preprocessor, Received, ServiceError, now_ms,
@@ -265,6 +267,24 @@ impl OutcomeStore for MemStore {
     async fn get(&self, job: &JobId) -> Result<Option<OutcomeRecord>, ServiceError> {
         Ok(self.0.lock().expect("store").get(job).cloned())
     }
+    async fn finish_unclaimed(
+        &self,
+        job: &JobId,
+        req: &UnclaimedFinish<'_>,
+    ) -> Result<Result<(), Unclaimed>, ServiceError> {
+        let mut m = self.0.lock().expect("store");
+        match lease::finish_unclaimed(m.get(job), req, 86_400) {
+            Ok(next) => {
+                m.insert(job.clone(), next);
+                Ok(Ok(()))
+            }
+            Err(stands) => Ok(Err(stands)),
+        }
+    }
+    async fn lookup(&self, jobs: &[JobId]) -> Result<HashMap<JobId, OutcomeRecord>, ServiceError> {
+        let m = self.0.lock().expect("store");
+        Ok(jobs.iter().filter_map(|j| m.get(j).map(|r| (j.clone(), r.clone()))).collect())
+    }
 }
 
 /// Serves `s3://b/<key>` from a table; `gate` (when set) holds every fetch of
@@ -366,6 +386,7 @@ fn settings() -> Settings {
         retries: 2,
         backoff: Backoff::new(Duration::from_millis(10), Duration::from_secs(1)),
         drain_timeout: Duration::from_secs(5),
+        dedup: crate::mode::Policy::Fixed(crate::mode::Mode::Claim),
     }
 }
 
@@ -879,4 +900,98 @@ async fn our_own_job_redelivered_after_our_lease_ran_out_is_adopted_not_scored_a
     assert_eq!(h.metrics.leases_lost.load(Ordering::Relaxed), 0);
     assert_eq!(h.sink.results().len(), 1);
     let _ = h.stop().await;
+}
+
+fn finish_only() -> Settings {
+    Settings { dedup: crate::mode::Policy::Fixed(crate::mode::Mode::FinishOnly), ..settings() }
+}
+
+#[tokio::test]
+async fn finish_only_a_duplicate_in_flight_is_stored_once_and_the_loser_resends_the_stored_result() {
+    // Two sends of one job (two messages), received together, both computed:
+    // the first finish stores the outcome, the second finds it and re-sends it.
+    let (_, body) = job("dup", "a");
+    let h = start(
+        vec![("m1".into(), body.clone()), ("m2".into(), body)],
+        vec![("a", Ok("digit:7"))],
+        MemStore::default(),
+        None,
+        finish_only(),
+    );
+    until("both messages deleted", || h.queue.deleted("m1") && h.queue.deleted("m2")).await;
+    let rec = h.store.get_now("dup").expect("one record");
+    assert_eq!((rec.status, rec.attempt, rec.owner.as_str()), (Status::Completed, 1, "w1"));
+    let sent: Vec<String> = h.sink.results().into_iter().filter(|r| r.job_id == "dup").map(|r| r.to_json()).collect();
+    assert_eq!(sent.len(), 2, "each delivery answered");
+    let stored = ResultMessage::parse(rec.result.as_deref().expect("stored result")).expect("json").to_json();
+    assert!(sent.iter().all(|s| *s == stored), "both sends are the stored result: {sent:?}");
+    assert_eq!(h.inferences.load(Ordering::Relaxed), 2, "a duplicate in flight is computed twice");
+    assert_eq!(h.metrics.finishes_lost.load(Ordering::Relaxed), 1);
+    assert_eq!(h.metrics.dedup_lookups.load(Ordering::Relaxed), 2);
+    let (report, h) = h.stop().await;
+    assert!(report.drained);
+    assert_eq!(h.metrics.in_flight.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn finish_only_skips_finished_jobs_by_the_lookup_and_leaves_a_live_claim_alone() {
+    let store = MemStore::default();
+    let stored = r#"{"v":1,"job_id":"d1","run_id":"r","url":"s3://bkt/a","status":"ok","top_k":[{"label":"4","score":0.9}],"attempts":1,"worker":"w0","completed_at":"2026-01-01T00:00:00Z"}"#;
+    let done = OutcomeRecord {
+        status: Status::Completed,
+        owner: "w0".into(),
+        attempt: 1,
+        lease_until_ms: 0,
+        result: Some(stored.into()),
+        run_id: "r".into(),
+        expires_at_s: now_ms() / 1000 + 3600,
+    };
+    store.put("d1", done.clone());
+    let held = OutcomeRecord {
+        status: Status::InProgress,
+        owner: "w-claim".into(),
+        lease_until_ms: now_ms() + 3_600_000,
+        result: None,
+        ..done.clone()
+    };
+    store.put("b1", held.clone());
+    let h = start(
+        vec![job("d1", "a"), job("b1", "a"), job("n1", "a")],
+        vec![("a", Ok("digit:1"))],
+        store,
+        None,
+        finish_only(),
+    );
+    until("done and new deleted", || h.queue.deleted("d1") && h.queue.deleted("n1")).await;
+    until("busy seen", || h.metrics.busy.load(Ordering::Relaxed) >= 1).await;
+    assert_eq!(h.result("d1").map(|r| r.worker), Some("w0".into()), "the stored result re-sent");
+    assert_eq!(h.store.get_now("d1"), Some(done), "a finished record is not written again");
+    assert_eq!(h.inferences.load(Ordering::Relaxed), 1, "only the new job is computed");
+    let n1 = h.store.get_now("n1").expect("the new job's outcome");
+    assert_eq!((n1.status, n1.attempt, n1.lease_until_ms), (Status::Completed, 1, 0), "one write, no lease");
+    let (_, h) = h.stop().await;
+    assert!(!h.queue.deleted("b1"), "a live claim's job is not ours");
+    assert_eq!(h.store.get_now("b1"), Some(held), "the live claim untouched");
+}
+
+#[tokio::test]
+async fn the_keeper_extends_an_unclaimed_jobs_visibility_without_a_table_write() {
+    let log = Arc::new(Log::default());
+    let queue = MemQueue::new(log.clone(), &[("u1", "{}".to_owned())]);
+    let store = MemStore::default();
+    let got = queue.receive(1, Duration::ZERO).await.expect("receive");
+    let registry = Registry::default();
+    registry.insert(crate::lease::InFlight {
+        job_id: JobId::parse("u1").expect("id"),
+        message_id: "u1".into(),
+        receipt: got[0].receipt_handle.clone(),
+        fence: Fence::unclaimed("w1"),
+        lease_until_ms: now_ms() + 1_000,
+    });
+    let metrics: SharedMetrics = Arc::new(Metrics::default());
+    crate::lease::renew_due(&queue, &store, &registry, &metrics, Duration::from_secs(30)).await;
+    assert!(log.all().contains(&"vis:u1:30".to_owned()), "visibility extended: {:?}", log.all());
+    assert_eq!(store.get_now("u1"), None, "no lease in the table to renew");
+    assert_eq!(metrics.lease_renewals.load(Ordering::Relaxed), 1);
+    assert!(registry.due(now_ms() + 10_000).is_empty(), "the next extension is due a lease later");
 }

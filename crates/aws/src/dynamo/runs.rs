@@ -12,7 +12,13 @@
 //! without a transaction per job.
 //!
 //! The query runs on the [`RUN_INDEX`] global secondary index (partition key
-//! `run_id`), which projects only `status`, `finished_ms` and `attempt`: about
+//! `run_id`). The index is **sparse**: only a finish writes `run_id`, so it
+//! holds the outcomes and a job costs one index write (a claim, a renewal or a
+//! release writes no indexed attribute). Jobs in progress are therefore not
+//! counted here, except those claimed by workers from before the sparse index,
+//! whose claims wrote `run_id`; the producer's `status` shows what is left
+//! (total − finished, exact) and the input queue's in-flight messages. The
+//! index projects only `status`, `finished_ms` and `attempt`: about
 //! 100 bytes per job, so a status call for n jobs reads ≈ n × 100 B (half a
 //! read unit per 4 KB, eventually consistent) in ⌈n × 100 B / 1 MB⌉ `Query`
 //! pages, and the `result` JSON is never read.
@@ -48,8 +54,9 @@ pub struct RunStatus {
     pub completed: u64,
     /// Jobs finished as `FAILED`.
     pub failed: u64,
-    /// Jobs claimed and not finished (`IN_PROGRESS`, whether the lease is
-    /// live, ended or released: the queue will deliver them again).
+    /// `IN_PROGRESS` entries of the index: jobs claimed and not finished by
+    /// workers from before the sparse index (newer claims are not indexed; 0
+    /// once every worker is new and those jobs are finished).
     pub in_progress: u64,
     /// The earliest finish (epoch ms) among finished jobs.
     pub first_finished_ms: Option<u64>,
