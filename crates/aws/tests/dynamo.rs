@@ -192,3 +192,60 @@ async fn get_many_reads_past_one_hundred_ids() {
     assert_eq!(c.get("BatchGetItem"), 2, "120 distinct ids are 2 requests");
     common::delete_table(&cfg, &table).await;
 }
+
+#[tokio::test]
+async fn finish_only_stores_one_outcome_names_what_stands_and_fences_a_replaced_claim() {
+    if common::skip() {
+        return;
+    }
+    use scorefleet_core::lease::{Unclaimed, UnclaimedFinish};
+    let cfg = config().await;
+    let c = counters();
+    let table = common::table(&cfg, "finishonly").await;
+    let store = DynamoOutcomeStore::new(cfg.dynamodb(), &table, c.clone());
+    let now = now_ms();
+    let req = |owner: &'static str, body: &'static str, at: u64| UnclaimedFinish {
+        owner,
+        run_id: "run",
+        terminal: Terminal::Completed,
+        result_json: body,
+        now_ms: at,
+    };
+
+    // Two copies of one job in flight, both computed: the first finish
+    // stores its outcome, the second is refused with the stored one.
+    let dup = job("dup");
+    assert!(store.lookup(std::slice::from_ref(&dup)).await.expect("lookup").is_empty());
+    let before = c.get("UpdateItem");
+    assert_eq!(store.finish_unclaimed(&dup, &req("a", "{\"by\":\"a\"}", now)).await.expect("finish"), Ok(()));
+    match store.finish_unclaimed(&dup, &req("b", "{\"by\":\"b\"}", now + 1)).await.expect("finish") {
+        Err(Unclaimed::Done(stored)) => {
+            assert_eq!((stored.owner.as_str(), stored.result.as_deref()), ("a", Some("{\"by\":\"a\"}")))
+        }
+        other => panic!("the second finish must find the first: {other:?}"),
+    }
+    assert_eq!((c.get("UpdateItem") - before, c.get("GetItem")), (2, 0), "one write each; the refusal reads ALL_OLD");
+    let rec = store.get(&dup).await.expect("get").expect("record");
+    assert_eq!((rec.status, rec.owner.as_str(), rec.attempt, rec.run_id.as_str()), (Status::Completed, "a", 1, "run"));
+    // The batched read finds it (eventually consistent: the emulators are not lagging).
+    let found = store.lookup(&[dup.clone(), job("absent")]).await.expect("lookup");
+    assert_eq!(found.len(), 1);
+    assert_eq!(found.get(&dup).map(|r| r.status), Some(Status::Completed));
+
+    // A claim-mode worker's live lease is not overwritten; an ended one is,
+    // and its holder is then fenced.
+    let held = job("held");
+    let ClaimOutcome::Claimed(fa) = store.claim(&held, "run", "w", now, LEASE_MS).await.expect("claim") else {
+        panic!("fresh")
+    };
+    assert_eq!(
+        store.finish_unclaimed(&held, &req("u", "{}", now + 1)).await.expect("finish"),
+        Err(Unclaimed::Busy { owner: "w".into(), lease_until_ms: now + LEASE_MS })
+    );
+    assert_eq!(store.finish_unclaimed(&held, &req("u", "{}", now + LEASE_MS)).await.expect("finish"), Ok(()));
+    assert_eq!(
+        store.finish(&held, &fa, Terminal::Completed, "{}", now + LEASE_MS).await.expect("finish"),
+        Err(LeaseError::Fenced { owner: "u".into(), attempt: 2 })
+    );
+    common::delete_table(&cfg, &table).await;
+}

@@ -1,6 +1,7 @@
-//! Run status against the local emulator: the `by_run` index that provision
-//! creates, counts by query that stay exact under duplicate claims and
-//! finishes, and the run record's total, which never doubles or shrinks.
+//! Run status against the local emulator: the sparse `by_run` index that
+//! provision creates (or adds to an older table), counts by query that stay
+//! exact under duplicate claims and finishes in both dedup modes, and the run
+//! record's total, which never doubles or shrinks.
 
 mod common;
 
@@ -8,7 +9,7 @@ use common::{config, counters};
 use scorefleet_aws::DynamoOutcomeStore;
 use scorefleet_aws::provision::{RUN_INDEX, RUN_INDEX_ATTRIBUTES, has_run_index};
 use scorefleet_core::job::JobId;
-use scorefleet_core::lease::{ClaimOutcome, Fence, LeaseError, Terminal};
+use scorefleet_core::lease::{ClaimOutcome, Fence, LeaseError, Terminal, Unclaimed, UnclaimedFinish};
 use scorefleet_core::traits::{OutcomeStore, ServiceError, now_ms};
 
 const LEASE_MS: u64 = 60_000;
@@ -60,7 +61,8 @@ async fn run_status_counts_each_job_once_and_only_its_own_run() {
     let (a, b) = (ids("a", 6), ids("b", 2));
     let now = now_ms();
 
-    // Run A: 2 completed, 1 failed, 2 in progress, 1 never claimed.
+    // Run A: 2 completed, 1 failed, 2 in progress, 1 never claimed (the
+    // claims are not in the sparse index: in_progress counts none of them).
     let mut fences = Vec::new();
     for id in &a[..5] {
         fences.push(claim(&store, id, &run_a, "w1", now).await);
@@ -86,11 +88,24 @@ async fn run_status_counts_each_job_once_and_only_its_own_run() {
         .item
         .expect("item");
     assert_eq!(raw.get("finished_ms").and_then(|v| v.as_n().ok()), Some(&now.to_string()));
+    // A claim stays out of the index: run_id is written by the finish only.
+    let claimed = cfg
+        .dynamodb()
+        .get_item()
+        .table_name(&table)
+        .key("job_id", aws_sdk_dynamodb::types::AttributeValue::S(a[3].as_str().into()))
+        .send()
+        .await
+        .expect("get")
+        .item
+        .expect("item");
+    assert!(!claimed.contains_key("run_id"), "an in-progress item carries no index key: {claimed:?}");
+    assert_eq!(raw.get("run_id").and_then(|v| v.as_s().ok()), Some(&run_a), "the finish put it into the index");
 
     let before = (c.get("Query"), c.get("GetItem"));
     let st = store.run_status(&run_a, now_ms()).await.expect("status");
     assert_eq!((c.get("Query") - before.0, c.get("GetItem") - before.1), (1, 1), "one page, one run record read");
-    assert_eq!((st.total, st.completed, st.failed, st.in_progress, st.finished_last_minute), (Some(6), 2, 1, 2, 3));
+    assert_eq!((st.total, st.completed, st.failed, st.in_progress, st.finished_last_minute), (Some(6), 2, 1, 0, 3));
     assert_eq!((st.first_finished_ms, st.last_finished_ms), (Some(now), Some(now)));
     assert_eq!(st.enqueued_ms, Some(now));
 
@@ -114,10 +129,23 @@ async fn run_status_counts_each_job_once_and_only_its_own_run() {
     // The taker-over finishes: one more done, one fewer in flight.
     store.finish(&a[4], &taken, Terminal::Completed, "{}", now + 3).await.expect("finish").expect("ours");
     let after = store.run_status(&run_a, now_ms()).await.expect("status");
-    assert_eq!((after.completed, after.failed, after.in_progress, after.last_finished_ms), (3, 1, 1, Some(now + 3)));
+    assert_eq!((after.completed, after.failed, after.in_progress, after.last_finished_ms), (3, 1, 0, Some(now + 3)));
+
+    // Finish-only jobs of the same run: one write each, counted once; a
+    // duplicate's finish is refused and changes nothing.
+    let unclaimed =
+        |terminal, at| UnclaimedFinish { owner: "u1", run_id: &run_a, terminal, result_json: "{}", now_ms: at };
+    assert_eq!(store.finish_unclaimed(&a[5], &unclaimed(Terminal::Completed, now + 4)).await.expect("finish"), Ok(()));
+    assert!(matches!(
+        store.finish_unclaimed(&a[5], &unclaimed(Terminal::Failed, now + 5)).await.expect("finish"),
+        Err(Unclaimed::Done(_))
+    ));
+    let last = store.run_status(&run_a, now_ms()).await.expect("status");
+    assert_eq!((last.completed, last.failed, last.finished(), last.total), (4, 1, 5, Some(6)));
+    assert_eq!(last.last_finished_ms, Some(now + 4));
 
     let other = store.run_status(&run_b, now_ms()).await.expect("status");
-    assert_eq!((other.total, other.completed, other.failed, other.in_progress), (None, 1, 0, 1));
+    assert_eq!((other.total, other.completed, other.failed, other.in_progress), (None, 1, 0, 0));
     let none = store.run_status("no-such-run", now_ms()).await.expect("status");
     assert_eq!((none.total, none.finished(), none.in_progress), (None, 0, 0));
     common::delete_table(&cfg, &table).await;
@@ -201,13 +229,80 @@ async fn run_status_reads_every_page() {
     for i in 0..11 {
         let id = JobId::parse(&common::unique(&format!("p{i}"))).expect("id");
         let f = claim(&store, &id, &run, "w", now).await;
-        if i % 2 == 0 {
-            store.finish(&id, &f, Terminal::Completed, "{}", now).await.expect("finish").expect("ours");
-        }
+        let terminal = if i % 2 == 0 { Terminal::Completed } else { Terminal::Failed };
+        store.finish(&id, &f, terminal, "{}", now).await.expect("finish").expect("ours");
     }
     let before = c.get("Query");
     let st = store.run_status(&run, now_ms()).await.expect("status");
-    assert_eq!((st.completed, st.in_progress), (6, 5));
+    assert_eq!((st.completed, st.failed), (6, 5));
     assert!((4..=5).contains(&(c.get("Query") - before)), "{} pages", c.get("Query") - before);
+    common::delete_table(&cfg, &table).await;
+}
+
+#[tokio::test]
+async fn provisioning_adds_the_run_index_to_an_older_table_and_counts_its_outcomes_and_legacy_claims() {
+    if common::skip() {
+        return;
+    }
+    use aws_sdk_dynamodb::types::{
+        AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
+    };
+    let cfg = config().await;
+    let ddb = cfg.dynamodb();
+    let table = common::unique("migrate");
+    ddb.create_table()
+        .table_name(&table)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("job_id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("definition"),
+        )
+        .key_schema(KeySchemaElement::builder().attribute_name("job_id").key_type(KeyType::Hash).build().expect("key"))
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("create an index-less table");
+    // Items as older workers wrote them: run_id on every item, claims included.
+    let run = common::unique("r");
+    let now = now_ms();
+    for (id, status) in [("old-done", "COMPLETED"), ("old-failed", "FAILED"), ("old-claim", "IN_PROGRESS")] {
+        let mut item = std::collections::HashMap::from([
+            ("job_id".to_owned(), AttributeValue::S(common::unique(id))),
+            ("status".to_owned(), AttributeValue::S(status.into())),
+            ("owner".to_owned(), AttributeValue::S("old".into())),
+            ("attempt".to_owned(), AttributeValue::N("1".into())),
+            ("lease_until_ms".to_owned(), AttributeValue::N((now + LEASE_MS).to_string())),
+            ("run_id".to_owned(), AttributeValue::S(run.clone())),
+            ("expires_at".to_owned(), AttributeValue::N((now / 1000 + 3600).to_string())),
+        ]);
+        if status != "IN_PROGRESS" {
+            item.insert("result".into(), AttributeValue::S("{}".into()));
+            item.insert("finished_ms".into(), AttributeValue::N(now.to_string()));
+        }
+        ddb.put_item().table_name(&table).set_item(Some(item)).send().await.expect("put");
+    }
+    scorefleet_aws::provision::ensure_table(&ddb, &table, &counters()).await.expect("provision adds the index");
+    assert!(has_run_index(&ddb, &table, &counters()).await.expect("describe"), "the index was added");
+    let store = DynamoOutcomeStore::new(ddb.clone(), &table, counters());
+    // New workers on the migrated table: a claim and its finish, and a finish-only job.
+    let fresh = JobId::parse(&common::unique("new")).expect("id");
+    let f = claim(&store, &fresh, &run, "w", now).await;
+    store.finish(&fresh, &f, Terminal::Completed, "{}", now).await.expect("finish").expect("ours");
+    let unclaimed =
+        UnclaimedFinish { owner: "u", run_id: &run, terminal: Terminal::Failed, result_json: "{}", now_ms: now };
+    let solo = JobId::parse(&common::unique("solo")).expect("id");
+    assert_eq!(store.finish_unclaimed(&solo, &unclaimed).await.expect("finish"), Ok(()));
+    // The index backfills in the background on DynamoDB: wait for the counts.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let st = store.run_status(&run, now_ms()).await.expect("status");
+        if (st.completed, st.failed, st.in_progress) == (2, 2, 1) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "status never reached 2/2/1: {st:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
     common::delete_table(&cfg, &table).await;
 }

@@ -573,3 +573,49 @@ async fn a_network_cut_of_a_few_seconds_loses_nothing_and_the_worker_recovers() 
         "{inferences} inferences"
     );
 }
+
+/// Finish-only mode (`--dedup finish-only`), a duplicate in flight: two
+/// copies of one job pass the batched lookup together and are both
+/// computed. The proxy holds the first finish for a second, so the other
+/// finish lands first on any emulator (moto does not serialise concurrent
+/// conditional writes); the held one then finds the outcome stored and
+/// re-sends it. One stored outcome, two results, both the stored one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn finish_only_a_duplicate_in_flight_is_stored_once_and_the_loser_resends_the_stored_result() {
+    if common::skip() {
+        return;
+    }
+    let (f, w) = started("fodup", 1, Sdk::Retries, &["--dedup", "finish-only"]).await;
+    let hold = f.proxy.add(Rule::new(Match::ops(&["UpdateItem"]), Fault::Delay(Duration::from_secs(1))).times(1));
+    let body = f.jobs[0].to_json();
+    f.s.enqueue(&[body.clone(), body]).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut results = Vec::new();
+    while results.len() < 2 {
+        assert!(Instant::now() < deadline, "only {} of 2 results", results.len());
+        let got = f.s.output.receive(10, Duration::from_secs(1)).await.expect("receive results");
+        let handles: Vec<String> = got.iter().map(|m| m.receipt_handle.clone()).collect();
+        results.extend(got.into_iter().map(|m| ResultMessage::parse(&m.body).expect("result JSON")));
+        if !handles.is_empty() {
+            f.s.output.delete(&handles).await.expect("delete results");
+        }
+    }
+    assert_eq!(f.proxy.injected_by(hold), 1, "one finish was held back");
+    let id = f.jobs[0].job_id.clone();
+    let outcomes = f.s.outcomes(std::slice::from_ref(&id)).await;
+    let rec = outcomes.get(&id).expect("one outcome");
+    assert_eq!((rec.status, rec.attempt), (Status::Completed, 1), "stored once, by one write");
+    let stored = ResultMessage::parse(rec.result.as_deref().expect("stored result")).expect("json");
+    for r in &results {
+        assert_eq!(r, &stored, "each delivery answered with the stored result");
+    }
+    assert_eq!(w.metric("scorefleet_inferences_total ").await, 2, "both copies computed");
+    assert_eq!(w.metric("scorefleet_finishes_lost_total ").await, 1, "the later finish lost");
+    assert_eq!(w.metric("scorefleet_dedup_mode{mode=\"finish-only\"} ").await, 1);
+    // Nothing claimed: the finishes were the only table writes.
+    let deadline = Instant::now() + VISIBILITY * 2;
+    while f.s.depth(&f.s.res.input_queue_url).await != (0, 0) {
+        assert!(Instant::now() < deadline, "both copies deleted");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
