@@ -208,6 +208,18 @@ pub async fn queue_arn(sqs: &aws_sdk_sqs::Client, url: &str, counters: &ApiCount
         .ok_or_else(|| permanent("GetQueueAttributes", format!("no QueueArn for {url}")))
 }
 
+/// Messages received from a queue and not yet deleted or visible again
+/// (SQS's ApproximateNumberOfMessagesNotVisible: approximate by design).
+pub async fn queue_in_flight(
+    sqs: &aws_sdk_sqs::Client,
+    url: &str,
+    counters: &ApiCounters,
+) -> Result<Option<u64>, ServiceError> {
+    Ok(queue_attribute(sqs, url, counters, QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+        .await?
+        .and_then(|v| v.parse().ok()))
+}
+
 /// Reads a queue's own visibility timeout (`None` when it does not say).
 pub async fn queue_visibility(
     sqs: &aws_sdk_sqs::Client,

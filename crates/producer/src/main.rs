@@ -39,12 +39,14 @@ enum Command {
     /// Create the queues (input with a dead-letter queue, output), the outcome
     /// table (on demand, TTL) and the bucket, if they do not exist yet.
     Init(InitArgs),
-    /// Show where a run stands: total, done, failed, in flight, queued,
-    /// throughput and ETA, counted from the outcome table.
+    /// Show where a run stands: total, done, failed, remaining, in flight,
+    /// queued, throughput and ETA, counted from the outcome table.
     ///
-    /// Counts come from a query on the table's `by_run` index (one item per
-    /// job id), so duplicate deliveries and crashed workers never skew them;
-    /// the total is what `enqueue --table` recorded.
+    /// Counts come from a query on the table's sparse `by_run` index (one
+    /// item per finished job id), so duplicate deliveries and crashed workers
+    /// never skew them; the total is what `enqueue --table` recorded. In
+    /// flight is the input queue's approximate count, when --input-queue-url
+    /// is given.
     Status(StatusArgs),
 }
 
@@ -56,6 +58,11 @@ struct StatusArgs {
     /// The run. Default: run-YYYY-MM-DD (UTC), as `enqueue` uses.
     #[arg(long, env = "SCOREFLEET_RUN_ID")]
     run_id: Option<String>,
+    /// The input queue: its in-flight messages (approximate, every run on the
+    /// queue) are shown as in flight. Jobs in progress are not in the table's
+    /// index; without the queue, in flight is unknown.
+    #[arg(long, env = "SCOREFLEET_INPUT_QUEUE_URL")]
+    input_queue_url: Option<String>,
     /// Print one JSON object (per refresh with --watch).
     #[arg(long)]
     json: bool,
@@ -240,10 +247,22 @@ async fn status_cmd(args: StatusArgs) -> anyhow::Result<ExitCode> {
         scorefleet_aws::DynamoOutcomeStore::new(aws.dynamodb(), args.table.clone(), Arc::new(ApiCounters::new()));
     let run_id =
         args.run_id.clone().unwrap_or_else(|| scorefleet_producer::default_run_id(time::OffsetDateTime::now_utc()));
+    let sqs = aws.sqs();
     loop {
         let now = scorefleet_core::traits::now_ms();
+        // The queue's count is a bonus: a failure to read it is a warning.
+        let in_flight = match &args.input_queue_url {
+            Some(url) => match scorefleet_aws::provision::queue_in_flight(&sqs, url, &ApiCounters::new()).await {
+                Ok(n) => n,
+                Err(e) => {
+                    eprintln!("warning: cannot read the in-flight messages of {url}: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
         let report = match store.run_status(&run_id, now).await {
-            Ok(st) => status::report(&st, now),
+            Ok(st) => status::report(&st, now, in_flight),
             // Watching: a throttled or dropped request only skips a refresh.
             Err(e) if args.watch.is_some() && e.is_transient() => {
                 eprintln!("warning: {e}; retrying");

@@ -1,8 +1,12 @@
-//! `status`: where a run stands — total, done, failed, in flight, queued,
-//! throughput and ETA — from [`RunStatus`], which `scorefleet-aws` counts by
-//! a query on the outcome table's `by_run` index (exact under duplicate
-//! deliveries: one item per job id). This module only does the arithmetic
-//! and the printing, so it is tested without a service.
+//! `status`: where a run stands — total, done, failed, remaining, in flight,
+//! queued, throughput and ETA — from [`RunStatus`], which `scorefleet-aws`
+//! counts by a query on the outcome table's sparse `by_run` index (exact
+//! under duplicate deliveries: one item per job id, and only outcomes are in
+//! it). Jobs in progress are not in the index (a claim writes no index key,
+//! and finish-only workers claim nothing), so "in flight" is the input
+//! queue's count of messages held by workers, when its URL is given:
+//! approximate, and of every run on that queue. This module only does the
+//! arithmetic and the printing, so it is tested without a service.
 
 use scorefleet_aws::RunStatus;
 use serde::Serialize;
@@ -19,10 +23,18 @@ pub struct Report {
     pub completed: u64,
     /// Jobs failed for good.
     pub failed: u64,
-    /// Jobs claimed by a worker and not finished.
+    /// Jobs not finished: total − completed − failed (exact), when the total
+    /// is known.
+    pub remaining: Option<u64>,
+    /// Messages held by workers on the input queue (SQS's approximate count
+    /// of in-flight messages, every run on the queue), when `status` was
+    /// given the queue.
+    pub in_flight_messages: Option<u64>,
+    /// Jobs the index shows in progress: claims by workers from before the
+    /// sparse index (newer claims are not indexed).
     pub in_progress: u64,
-    /// Jobs not yet claimed: total − completed − failed − in progress, when
-    /// the total is known.
+    /// Jobs waiting: remaining − in flight (the in-flight messages when
+    /// known, else the indexed claims), when the total is known.
     pub queued: Option<u64>,
     /// Finished jobs (completed + failed) per second over the run: from the
     /// first enqueue (or the first finish) to the last finish once the run is
@@ -45,8 +57,9 @@ pub struct Report {
     pub last_finished_ms: Option<u64>,
 }
 
-/// Derives the report from counted status at `now_ms`.
-pub fn report(st: &RunStatus, now_ms: u64) -> Report {
+/// Derives the report from counted status at `now_ms`, with the input
+/// queue's in-flight messages when they were read.
+pub fn report(st: &RunStatus, now_ms: u64, in_flight_messages: Option<u64>) -> Report {
     let done = st.finished();
     let complete = st.total.is_some_and(|t| done >= t);
     // The run's start: the first enqueue, unless finishes predate it (a run
@@ -81,8 +94,10 @@ pub fn report(st: &RunStatus, now_ms: u64) -> Report {
         total: st.total,
         completed: st.completed,
         failed: st.failed,
+        remaining,
+        in_flight_messages,
         in_progress: st.in_progress,
-        queued: st.total.map(|t| t.saturating_sub(done).saturating_sub(st.in_progress)),
+        queued: remaining.map(|left| left.saturating_sub(in_flight_messages.unwrap_or(st.in_progress))),
         images_per_s,
         images_per_s_last_minute,
         eta_s,
@@ -112,7 +127,17 @@ pub fn render(r: &Report) -> String {
     };
     let _ = writeln!(out, "  total       {total}");
     let _ = writeln!(out, "  done        {}  ({} completed, {} failed)", r.completed + r.failed, r.completed, r.failed);
-    let _ = writeln!(out, "  in flight   {}  (claimed, in progress)", r.in_progress);
+    let _ = writeln!(
+        out,
+        "  remaining   {}",
+        or_unknown(r.remaining.map(|n| format!("{n}  (not finished: queued or in flight)")))
+    );
+    let in_flight = match (r.in_flight_messages, r.in_progress) {
+        (Some(m), _) => format!("~{m}  (messages held by workers on the input queue, every run; approximate)"),
+        (None, 0) => "unknown (give --input-queue-url to read the queue)".to_owned(),
+        (None, n) => format!("{n}  (claimed by older workers; give --input-queue-url for the queue's count)"),
+    };
+    let _ = writeln!(out, "  in flight   {in_flight}");
     let _ = writeln!(out, "  queued      {}", or_unknown(r.queued.map(|q| q.to_string())));
     let _ = writeln!(
         out,
@@ -166,8 +191,11 @@ mod tests {
 
     #[test]
     fn counts_rates_and_eta_of_a_running_run() {
-        let r = report(&st(), NOW);
-        assert_eq!((r.queued, r.complete), (Some(380), false));
+        let r = report(&st(), NOW, None);
+        assert_eq!((r.remaining, r.queued, r.complete), (Some(400), Some(380), false));
+        let with_queue = report(&st(), NOW, Some(50));
+        assert_eq!((with_queue.remaining, with_queue.queued), (Some(400), Some(350)));
+        assert!(render(&with_queue).contains("in flight   ~50"), "{}", render(&with_queue));
         // 600 finished in 300 s; 120 in the last 60 s.
         assert_eq!((r.images_per_s, r.images_per_s_last_minute), (Some(2.0), Some(2.0)));
         // 400 left at 2/s.
@@ -191,7 +219,7 @@ mod tests {
             last_finished_ms: Some(NOW),
             ..st()
         };
-        let r = report(&s, NOW);
+        let r = report(&s, NOW, None);
         assert_eq!((r.images_per_s_last_minute, r.eta_s), (Some(2.0), Some(30.0)));
     }
 
@@ -205,7 +233,7 @@ mod tests {
             last_finished_ms: Some(NOW - 100_000),
             ..st()
         };
-        let r = report(&s, NOW);
+        let r = report(&s, NOW, None);
         // 1000 in the 200 s from the enqueue to the last finish, not 300 s.
         assert_eq!((r.complete, r.queued, r.eta_s, r.images_per_s), (true, Some(0), Some(0.0), Some(5.0)));
         assert!(render(&r).starts_with("run r (complete)"));
@@ -214,7 +242,7 @@ mod tests {
     #[test]
     fn an_unknown_total_leaves_queued_and_eta_unknown() {
         let s = RunStatus { total: None, enqueued_ms: None, ..st() };
-        let r = report(&s, NOW);
+        let r = report(&s, NOW, None);
         assert_eq!((r.queued, r.eta_s, r.complete), (None, None, false));
         assert!(r.images_per_s.is_some(), "measured from the first finish");
         let json = serde_json::to_value(&r).expect("serialises");
@@ -233,7 +261,7 @@ mod tests {
             last_finished_ms: None,
             ..st()
         };
-        let r = report(&s, NOW);
+        let r = report(&s, NOW, None);
         assert_eq!((r.images_per_s, r.eta_s, r.queued), (None, None, Some(997)));
         assert_eq!(r.images_per_s_last_minute, Some(0.0));
     }

@@ -336,7 +336,7 @@ async fn status_counts_a_run_from_the_table_as_json_and_text() {
         return;
     }
     use scorefleet_core::lease::{ClaimOutcome, Terminal};
-    use scorefleet_core::traits::{OutcomeStore, now_ms};
+    use scorefleet_core::traits::{JobQueue, OutcomeStore, now_ms};
     let cfg = common::config().await;
     let counters = common::counters();
     let q = common::queue(&cfg, "prodstatus", Duration::from_secs(30), &counters).await;
@@ -350,7 +350,8 @@ async fn status_counts_a_run_from_the_table_as_json_and_text() {
     let out = producer(&enqueue, Some(&urls.join("\n")));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 
-    // Workers: 2 completed, 1 failed, 1 in progress, 1 still queued.
+    // Workers: 2 completed, 1 failed, 1 in progress, 1 still queued, and
+    // one more job below.
     let store = scorefleet_aws::DynamoOutcomeStore::new(cfg.dynamodb(), &table, counters.clone());
     let now = now_ms();
     for (i, url) in urls.iter().take(4).enumerate() {
@@ -369,11 +370,35 @@ async fn status_counts_a_run_from_the_table_as_json_and_text() {
         assert!(matches!(store.claim(&id, &run, "w2", now, 60_000).await.expect("claim"), ClaimOutcome::Done(_)));
     }
 
+    // A finish-only worker's job: one write, no claim; counted as done.
+    let solo_url = "s3://bkt-s/solo.png";
+    let solo = JobMessage::new(solo_url, &run, None).expect("valid").job_id;
+    let unclaimed = scorefleet_core::lease::UnclaimedFinish {
+        owner: "u",
+        run_id: &run,
+        terminal: Terminal::Completed,
+        result_json: "{}",
+        now_ms: now,
+    };
+    assert_eq!(store.finish_unclaimed(&solo, &unclaimed).await.expect("finish"), Ok(()));
+    assert!(store.record_enqueued(&run, 6, now).await.expect("total"));
+
+    // Claims are not in the sparse index: in progress (indexed) is 0, and
+    // remaining = total − done is exact.
     let out = producer(&["status", "--table", &table, "--run-id", &run, "--json"], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s = summary(&out);
-    let counts = ["total", "completed", "failed", "in_progress", "queued"].map(|k| s[k].as_u64());
-    assert_eq!(counts, [Some(5), Some(2), Some(1), Some(1), Some(1)], "{s}");
+    let counts = ["total", "completed", "failed", "remaining", "in_progress", "queued"].map(|k| s[k].as_u64());
+    assert_eq!(counts, [Some(6), Some(3), Some(1), Some(2), Some(0), Some(2)], "{s}");
+    assert!(s["in_flight_messages"].is_null(), "{s}");
+    // With the input queue: its in-flight messages (one received here, held).
+    let held = q.receive(1, Duration::from_secs(1)).await.expect("receive");
+    assert_eq!(held.len(), 1);
+    let out = producer(&["status", "--table", &table, "--run-id", &run, "--input-queue-url", q.url(), "--json"], None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&out);
+    let counts = ["remaining", "in_flight_messages", "queued"].map(|k| s[k].as_u64());
+    assert_eq!(counts, [Some(2), Some(1), Some(1)], "{s}");
     assert!(s["images_per_s"].as_f64().is_some_and(|r| r > 0.0), "{s}");
     assert!(s["eta_s"].as_f64().is_some_and(|e| e > 0.0), "{s}");
     assert_eq!(s["complete"].as_bool(), Some(false));
@@ -381,7 +406,7 @@ async fn status_counts_a_run_from_the_table_as_json_and_text() {
     let out = producer(&["status", "--table", &table, "--run-id", &run], None);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("done        3  (2 completed, 1 failed)") && text.contains("queued      1"), "{text}");
+    assert!(text.contains("done        4  (3 completed, 1 failed)") && text.contains("remaining   2"), "{text}");
 
     // The rest finish (the in-progress one by a taker-over); then --watch
     // stops by itself at its first, complete, print.
@@ -397,8 +422,8 @@ async fn status_counts_a_run_from_the_table_as_json_and_text() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let s = summary(&out);
     assert_eq!(
-        (s["completed"].as_u64(), s["queued"].as_u64(), s["complete"].as_bool()),
-        (Some(4), Some(0), Some(true))
+        (s["completed"].as_u64(), s["remaining"].as_u64(), s["complete"].as_bool()),
+        (Some(5), Some(0), Some(true))
     );
     assert_eq!(s["eta_s"].as_f64(), Some(0.0));
     common::delete_queue(&cfg, q.url()).await;
