@@ -7,7 +7,7 @@
 #   make fmt | lint   rustfmt; rustfmt --check + clippy -D warnings
 #   make demo         the demo: local emulator, bundled model, sample archive, summary
 #   make demo-ci      a smaller demo on the debug build, asserting on its summary
-#   make chaos-ci     a short bench/chaos run on the debug build (0 lost, 0 double outcomes, 0 stranded)
+#   make chaos-ci     short bench/chaos runs on the debug build, both dedup modes (0 lost, 0 double outcomes, 0 stranded)
 #   make validate-deploy  offline lint/schema checks of deploy/ and docker-compose.yml (~5 s warm)
 #   make docs         regenerate docs/configuration.md from the binaries' --help
 #   make docs-check   fail if docs/configuration.md is stale (CI)
@@ -45,13 +45,16 @@ demo-ci: bins
 
 # bench/chaos, shortened for CI: 3,000 jobs, 3 debug-build workers, a kill -9
 # every second, a SIGTERM every 2 s, a 1 s network cut every 3 s, no
-# fault-free baseline. Exits non-zero on any lost, doubly scored or stranded
-# job, or when the run ended before every kind of fault happened.
+# fault-free baseline; once per dedup mode (claim, finish-only). Exits
+# non-zero on any lost, doubly scored or stranded job, or when a run ended
+# before every kind of fault happened.
 CHAOS_TARGET_DIR = $(or $(CARGO_TARGET_DIR),target)
 chaos-ci: bins
-	BENCH_NO_BUILD=1 bench/chaos --jobs 3000 --unique 300 --workers 3 --kill-every 1 --term-every 2 \
-	    --cut-every 3 --cut-seconds 1 --no-baseline --require-faults --timeout 600 \
-	    --bin-dir $(CHAOS_TARGET_DIR)/debug --out out/chaos-ci --json
+	for mode in claim finish-only; do \
+	    BENCH_NO_BUILD=1 bench/chaos --jobs 3000 --unique 300 --workers 3 --kill-every 1 --term-every 2 \
+	        --cut-every 3 --cut-seconds 1 --no-baseline --require-faults --timeout 600 --dedup $$mode \
+	        --bin-dir $(CHAOS_TARGET_DIR)/debug --out out/chaos-ci-$$mode --json || exit 1; \
+	done
 
 # burn-wgpu as the only backend (so every model, test and worker runs on it;
 # the runner's CPU kernels stay off there): the light models, the ONNX-only

@@ -182,7 +182,8 @@ def run(args, bins, urls_for, name, chaos):
     urls = urls_for(env)
     ids = enqueue(bins, env, args.out, name, args.jobs, urls)
     proxy = CutProxy(os.environ["AWS_ENDPOINT_URL"]) if chaos else None
-    worker_args = ["--lease-seconds", str(args.lease), "--drain-timeout-seconds", "10", "--wait-seconds", "2"]
+    worker_args = ["--lease-seconds", str(args.lease), "--drain-timeout-seconds", "10", "--wait-seconds", "2",
+                   "--dedup", args.dedup]
     serial = iter(range(1, 1_000_000))
 
     def spawn():
@@ -299,6 +300,8 @@ def main():
     ap.add_argument("--lease", type=int, default=10, help="queue visibility and worker lease, seconds")
     ap.add_argument("--max-receive-count", type=int, default=10)
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--dedup", choices=["claim", "finish-only", "auto"], default="auto",
+                    help="the workers' --dedup mode (auto: finish-only on digits, after the first 64 images)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the fault-free run")
     ap.add_argument("--bin-dir", help="release binaries (default: $CARGO_TARGET_DIR/release or target/release)")
     ap.add_argument("--out", default="out/bench-chaos")
@@ -330,7 +333,7 @@ def main():
     log(TOOL, f"chaos run: {args.jobs} jobs, {args.workers} workers")
     chaos = run(args, bins, urls_for, "chaos", chaos=True)
     summary = {"bench": "chaos", "emulator": os.environ.get("SCOREFLEET_EMULATOR", "ministack"),
-               "date": time.strftime("%Y-%m-%d"), "workers": args.workers,
+               "date": time.strftime("%Y-%m-%d"), "workers": args.workers, "dedup": args.dedup,
                "output_queue": "standard" if args.standard_results else "fifo", **chaos}
     # duplicate_results <= crashes is the fleet's promise with a FIFO output
     # queue as SQS implements it; on an emulator whose deduplication forgets a
@@ -352,7 +355,8 @@ def main():
         ok = False
     summary["ok"] = ok
     if not args.json:
-        print(f"chaos: {chaos['jobs']} jobs, {args.workers} workers, {summary['output_queue']} output queue, "
+        print(f"chaos: {chaos['jobs']} jobs, {args.workers} workers (--dedup {args.dedup}), "
+              f"{summary['output_queue']} output queue, "
               f"{chaos['crashes']} kill -9, "
               f"{chaos['sigterms']} SIGTERM, {chaos['network_cuts']} network cuts of {args.cut_seconds} s")
         for k in ("lost", "double_outcomes", "duplicate_results", "stranded"):

@@ -1,5 +1,5 @@
 //! The dedup mode: **claim** each job before computing it, or **finish
-//! only** (see `docs/protocol.md`, "Dedup modes").
+//! only** (see `docs/protocol.md`, "Dedup and leases").
 //!
 //! - `claim`: a conditional claim, lease renewals, a fenced finish. A job is
 //!   computed once (up to take-overs after a crash); two table writes a job.
