@@ -151,31 +151,28 @@ def main():
         ramp = ramp_minutes(rate, p["base_wru"], args.images)
         L.append(f"| {r['fleet']} | {r['model']} | {rate:,.0f} | {ramp:,.1f} | {max(0.0, ramp - flat):,.1f} |")
     L += ["", "## Reading it", "",
-          "- **First bottleneck: the `by_run` index, for either fleet.** Its only key is `run_id`, so every "
-          "claim and finish of one run writes the same index partition key; one partition serves about 1,000 "
-          "write units/s, and DynamoDB's split for heat may not split a key without a sort key. Each job "
-          "writes the index twice (claim and finish change `status`), so a run tops out near 500 images/s "
-          "whatever the worker count: one scorefleet worker on one core scores digits faster than that. "
-          "Throttled index writes throttle the table's writes, so workers would see claim retries, not an "
-          "error. The fix is a sharded index key (e.g. `run_id#(hash(job_id) mod 16)`, with `status` "
-          "querying the 16 shards), or counting runs elsewhere; until measured on real AWS, treat 1,000 "
-          "index writes/s per run as the ceiling.",
-          "- **Next: a new on-demand table** serves 4,000 write units/s at once. With 2 table writes per "
-          "image (claim + finish; the peer's BatchWriteItem is billed per item, so the same), that is "
-          "2,000 images/s until DynamoDB has doubled its capacity a few times (or the table is pre-warmed / "
-          "provisioned).",
+          "- **First bottleneck: the `by_run` index.** Its only key is `run_id`, so every index write of "
+          "one run goes to the same partition key; one partition serves about 1,000 write units/s, and "
+          "DynamoDB's split for heat may not split a key without a sort key. Index writes per image: "
+          + "; ".join(f"{r['fleet']} {r['model']} {per_image(r)['index_wru']:.0f}" for r in rows)
+          + " (scorefleet's index is sparse: only the finish writes it; the peer's claim and finish both "
+          "do), so a run tops out near 1,000 / that many images/s whatever the worker count. Throttled "
+          "index writes throttle the table's writes, so workers would see retries, not an error. The fix "
+          "is a sharded index key (e.g. `run_id#(hash(job_id) mod 16)`, with `status` querying the 16 "
+          "shards), or counting runs elsewhere; until measured on real AWS, treat 1,000 index writes/s per "
+          "run as the ceiling.",
+          "- **Next: a new on-demand table** serves 4,000 write units/s at once: "
+          + "; ".join(f"{r['fleet']} {r['model']} {per_image(r)['base_wru']:.2f} table write units per image "
+                      f"(dedup {r.get('dedup') or 'claim'})" for r in rows)
+          + ", until DynamoDB has doubled its capacity a few times (or the table is pre-warmed / provisioned).",
           "- **S3**: 5,500 GET/s per prefix; an archive under one prefix caps a digits fleet near 5,500 "
           "images/s until S3 partitions it further (SlowDown 503s meanwhile).",
           "- **SQS is not a limit**: standard queues take a nearly unlimited request rate per API, and the "
           "messages one worker holds (bounded by its pipeline) stay far below 120,000 in flight per queue.",
-          "- **Cost** is dominated by DynamoDB: 4 write units per image (2 table + 2 index) are "
-          f"${4 * fleet_report.DDB_WRU_PER_M:.2f} of the "
-          f"${min(r['request_cost_per_million_images'] for r in rows):.2f}–"
-          f"${max(r['request_cost_per_million_images'] for r in rows):.2f} per million images (more where lease "
-          "renewals add writes); the index alone is "
-          f"${2 * fleet_report.DDB_WRU_PER_M:.2f}. SQS batching keeps SQS at ≈0.3 requests per image "
-          "(≈$0.13 per million), S3 GETs are $0.40 per million. Request counts differ between the fleets "
-          "(the peer writes outcomes with BatchWriteItem), the bill hardly does.",
+          "- **Request cost** is dominated by DynamoDB: "
+          + "; ".join(f"{r['fleet']} {r['model']} ${r['request_cost_parts']['dynamodb']:.2f} of "
+                      f"${r['request_cost_per_million_images']:.2f} per million images" for r in rows)
+          + ". SQS batching keeps SQS at ≈0.3 requests per image, S3 GETs are $0.40 per million.",
           "- Worker compute per million images (CPU-seconds/image × 10⁶): "
           + "; ".join(f"{r['fleet']} {r['model']} {r['cpu_ms_per_image_after_ready'] * 1e3 / 3600:,.1f} "
                       "vCPU-hours" for r in rows) + "."]

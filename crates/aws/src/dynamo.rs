@@ -208,6 +208,39 @@ impl DynamoOutcomeStore {
         }
     }
 
+    /// An UpdateItem of `set` under [`CLAIMABLE`] (absent, expired, or an
+    /// ended lease): the claim's write and the unclaimed finish's. `values`
+    /// come on top of the shared `:ip`, `:zero`, `:one`, `:now_s`, `:now_ms`;
+    /// both writes use every alias, which DynamoDB requires of the names it
+    /// is given. A refusal hands back the old item (ALL_OLD).
+    fn claimable_update(
+        &self,
+        job: &JobId,
+        set: &str,
+        mut values: Item,
+        now_ms: u64,
+    ) -> aws_sdk_dynamodb::operation::update_item::builders::UpdateItemFluentBuilder {
+        values.extend([
+            (":ip".to_owned(), s(Status::InProgress.as_str())),
+            (":zero".to_owned(), n(0)),
+            (":one".to_owned(), n(1)),
+            (":now_s".to_owned(), n(now_ms / 1000)),
+            (":now_ms".to_owned(), n(now_ms)),
+        ]);
+        self.counters.incr("UpdateItem");
+        self.client
+            .update_item()
+            .table_name(&self.table)
+            .set_key(Some(key(job)))
+            .update_expression(set)
+            .condition_expression(CLAIMABLE)
+            .set_expression_attribute_names(Some(names(&[
+                "pk", "st", "ow", "at", "lu", "run", "jrun", "exp", "res", "fin",
+            ])))
+            .set_expression_attribute_values(Some(values))
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
+    }
+
     /// A fenced UpdateItem: `set` applies only while `fence` holds a live
     /// IN_PROGRESS record. On refusal, `spec` (the core's pure transition)
     /// names the [`LeaseError`].
@@ -281,43 +314,26 @@ impl OutcomeStore for DynamoOutcomeStore {
     ) -> Result<ClaimOutcome, ServiceError> {
         const OP: &str = "UpdateItem";
         let req = ClaimRequest { owner, run_id, now_ms, lease_ms, ttl_s: self.ttl.as_secs() };
-        let values: Item = [
-            (":ip", s(Status::InProgress.as_str())),
-            (":o", s(owner)),
-            (":zero", n(0)),
-            (":one", n(1)),
-            (":lu", n(now_ms.saturating_add(lease_ms))),
-            (":jrun", s(run_id)),
-            (":exp", n(now_ms / 1000 + req.ttl_s)),
-            (":now_s", n(now_ms / 1000)),
-            (":now_ms", n(now_ms)),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        self.counters.incr(OP);
+        let values = Item::from([
+            (":o".to_owned(), s(owner)),
+            (":lu".to_owned(), n(now_ms.saturating_add(lease_ms))),
+            (":jrun".to_owned(), s(run_id)),
+            (":exp".to_owned(), n(now_ms / 1000 + req.ttl_s)),
+        ]);
+        // No `run_id`: the claim stays out of the sparse index (an expired
+        // outcome re-claimed leaves it); the finish copies `job_run` into it.
         // ReturnValues=ALL_OLD rather than ALL_NEW: the old item tells a fresh
         // claim from a take-over (and whose), and the new attempt is exactly
         // old + 1 because the write is atomic.
         let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(job)))
-            // No `run_id`: the claim stays out of the sparse index (an
-            // expired outcome re-claimed leaves it); the finish copies
-            // `job_run` into it.
-            .update_expression(
+            .claimable_update(
+                job,
                 "SET #st = :ip, #ow = :o, #at = if_not_exists(#at, :zero) + :one, #lu = :lu, #jrun = :jrun, \
                  #exp = :exp REMOVE #res, #fin, #run",
+                values,
+                now_ms,
             )
-            .condition_expression(CLAIMABLE)
-            .set_expression_attribute_names(Some(names(&[
-                "pk", "st", "ow", "at", "lu", "run", "jrun", "exp", "res", "fin",
-            ])))
-            .set_expression_attribute_values(Some(values))
             .return_values(ReturnValue::AllOld)
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
             .send()
             .await;
         match res {
@@ -401,40 +417,17 @@ impl OutcomeStore for DynamoOutcomeStore {
     ) -> Result<Result<(), Unclaimed>, ServiceError> {
         const OP: &str = "UpdateItem";
         let now = req.now_ms;
-        let values: Item = [
-            (":st", s(Status::from(req.terminal).as_str())),
-            (":ip", s(Status::InProgress.as_str())),
-            (":o", s(req.owner)),
-            (":zero", n(0)),
-            (":one", n(1)),
-            (":res", s(req.result_json)),
-            (":fin", n(now)),
-            (":run", s(req.run_id)),
-            (":exp", n(now / 1000 + self.ttl.as_secs())),
-            (":now_s", n(now / 1000)),
-            (":now_ms", n(now)),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        self.counters.incr(OP);
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .set_key(Some(key(job)))
-            .update_expression(
-                "SET #st = :st, #ow = :o, #at = if_not_exists(#at, :zero) + :one, #lu = :zero, #res = :res, \
-                 #fin = :fin, #run = :run, #jrun = :run, #exp = :exp",
-            )
-            .condition_expression(CLAIMABLE)
-            .set_expression_attribute_names(Some(names(&[
-                "pk", "st", "ow", "at", "lu", "res", "fin", "run", "jrun", "exp",
-            ])))
-            .set_expression_attribute_values(Some(values))
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::AllOld)
-            .send()
-            .await;
+        let values = Item::from([
+            (":st".to_owned(), s(Status::from(req.terminal).as_str())),
+            (":o".to_owned(), s(req.owner)),
+            (":res".to_owned(), s(req.result_json)),
+            (":fin".to_owned(), n(now)),
+            (":run".to_owned(), s(req.run_id)),
+            (":exp".to_owned(), n(now / 1000 + self.ttl.as_secs())),
+        ]);
+        let set = "SET #st = :st, #ow = :o, #at = if_not_exists(#at, :zero) + :one, #lu = :zero, #res = :res, \
+                   #fin = :fin, #run = :run, #jrun = :run, #exp = :exp";
+        let res = self.claimable_update(job, set, values, now).send().await;
         let old = match res {
             Ok(_) => return Ok(Ok(())),
             Err(e) => condition_failed(e)?,

@@ -150,8 +150,8 @@ pub struct Cli {
     /// jobs; the conditional finish is the only write: one stored outcome, a
     /// duplicate in flight may be computed twice) or `auto` (finish-only when
     /// computing an image twice costs less than the write it saves, at the
-    /// --dedup-*-usd prices and the CPU per image measured over the first
-    /// images; docs/protocol.md).
+    /// --dedup-*-usd prices and the process CPU per image measured over the
+    /// first 64 images, finish-only until then; docs/protocol.md).
     #[arg(long, env = "SCOREFLEET_DEDUP", value_enum, default_value = "auto")]
     pub dedup: DedupFlag,
     /// `--dedup auto`: the price of one vCPU-hour, in dollars (default: an

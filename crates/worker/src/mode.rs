@@ -91,15 +91,19 @@ pub struct Choice {
     policy: OnceLock<Policy>,
     /// 0: undecided (auto still measuring), 1: claim, 2: finish-only.
     decided: AtomicU8,
+    /// The process's CPU seconds when the policy was set (the pipeline's
+    /// start, after the model loaded): where the measurement starts.
+    cpu_at_start: OnceLock<Option<f64>>,
 }
 
 impl Choice {
     /// Sets the policy (once; later calls are ignored).
     pub fn configure(&self, policy: Policy) {
-        if self.policy.set(policy).is_ok()
-            && let Policy::Fixed(mode) = policy
-        {
-            self.decided.store(code(mode), Ordering::Relaxed);
+        if self.policy.set(policy).is_ok() {
+            let _ = self.cpu_at_start.set(process_cpu_s());
+            if let Policy::Fixed(mode) = policy {
+                self.decided.store(code(mode), Ordering::Relaxed);
+            }
         }
     }
 
@@ -112,7 +116,8 @@ impl Choice {
             _ => {}
         }
         let Some(Policy::Auto(prices)) = self.policy.get() else { return Mode::Claim };
-        let Some(cpu_s) = measured_cpu_s_per_image(metrics) else { return Mode::Claim };
+        let start = self.cpu_at_start.get().copied().flatten();
+        let Some(cpu_s) = measured_cpu_s_per_image(metrics, start) else { return Mode::FinishOnly };
         let mode = prices.choose(cpu_s);
         if self.decided.compare_exchange(0, code(mode), Ordering::Relaxed, Ordering::Relaxed).is_ok() {
             tracing::info!(
@@ -142,17 +147,34 @@ fn code(mode: Mode) -> u8 {
     }
 }
 
-/// Forward time per image plus decode time per image, once [`AUTO_SAMPLE`]
-/// images went through the model.
-fn measured_cpu_s_per_image(m: &Metrics) -> Option<f64> {
+/// CPU seconds per image, once [`AUTO_SAMPLE`] images went through the
+/// model: the process's CPU time since `cpu_at_start` per image, or where
+/// that cannot be read, forward time plus decode time per image.
+fn measured_cpu_s_per_image(m: &Metrics, cpu_at_start: Option<f64>) -> Option<f64> {
     let images = m.inferences.load(Ordering::Relaxed);
     if images < AUTO_SAMPLE {
         return None;
+    }
+    if let (Some(start), Some(now)) = (cpu_at_start, process_cpu_s()) {
+        return Some((now - start).max(0.0) / images as f64);
     }
     let (infer_us, _) = m.stage_total(Stage::Infer);
     let (decode_us, decodes) = m.stage_total(Stage::Decode);
     let decode = if decodes > 0 { decode_us as f64 / decodes as f64 } else { 0.0 };
     Some((infer_us as f64 / images as f64 + decode) / 1e6)
+}
+
+/// This process's CPU time (user + system, all threads) in seconds, from
+/// `/proc/self/stat` (fields 14 and 15, in clock ticks of 1/100 s: Linux's
+/// USER_HZ); `None` where there is no procfs.
+pub fn process_cpu_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the rest follows its ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 #[cfg(test)]
@@ -171,26 +193,43 @@ mod tests {
     }
 
     #[test]
-    fn auto_claims_until_it_has_measured_then_keeps_its_choice() {
+    fn auto_runs_finish_only_until_it_has_measured_then_keeps_its_choice() {
         let m = Metrics::default();
         let c = Choice::default();
         c.configure(Policy::Auto(PRICES));
-        assert_eq!((c.current(&m), c.decided()), (Mode::Claim, None), "nothing measured yet");
+        assert_eq!((c.current(&m), c.decided()), (Mode::FinishOnly, None), "nothing measured yet");
+        // The stage-time estimate (no process CPU start): 1 ms an image.
         m.batch(AUTO_SAMPLE as usize);
-        m.observe(Stage::Infer, Duration::from_millis(AUTO_SAMPLE)); // 1 ms an image
+        m.observe(Stage::Infer, Duration::from_millis(AUTO_SAMPLE));
         m.observe(Stage::Decode, Duration::from_micros(300));
+        assert_eq!(measured_cpu_s_per_image(&m, None), Some(0.0013));
         assert_eq!(c.current(&m), Mode::FinishOnly);
         // Slower images later do not flip it.
         m.observe(Stage::Infer, Duration::from_secs(100));
         assert_eq!((c.current(&m), c.decided()), (Mode::FinishOnly, Some(Mode::FinishOnly)));
 
+        // 100 ms an image of process CPU: claim.
+        if process_cpu_s().is_none() {
+            return; // no procfs here
+        }
         let slow = Metrics::default();
-        let c = Choice::default();
-        c.configure(Policy::Auto(PRICES));
         slow.batch(AUTO_SAMPLE as usize);
-        slow.observe(Stage::Infer, Duration::from_millis(100 * AUTO_SAMPLE));
-        assert_eq!(c.current(&slow), Mode::Claim);
-        assert_eq!(c.decided(), Some(Mode::Claim));
+        let start = process_cpu_s().map(|now| now - 0.1 * AUTO_SAMPLE as f64);
+        let per_image = measured_cpu_s_per_image(&slow, start).expect("measured");
+        assert!(per_image >= 0.1, "{per_image}");
+        assert_eq!(PRICES.choose(per_image), Mode::Claim);
+    }
+
+    #[test]
+    fn the_process_cpu_time_is_read_and_grows() {
+        let Some(before) = process_cpu_s() else { return };
+        let mut x = 0u64;
+        for i in 0..30_000_000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let after = process_cpu_s().expect("readable once");
+        assert!(after >= before, "{before} → {after}");
     }
 
     #[test]
