@@ -6,6 +6,7 @@
 mod common;
 
 use common::{config, counters};
+use scorefleet_aws::AwsConfig;
 use scorefleet_aws::DynamoOutcomeStore;
 use scorefleet_aws::provision::{RUN_INDEX, RUN_INDEX_ATTRIBUTES, has_run_index};
 use scorefleet_core::job::JobId;
@@ -19,6 +20,46 @@ async fn claim(store: &DynamoOutcomeStore, id: &JobId, run: &str, owner: &str, n
         ClaimOutcome::Claimed(f) | ClaimOutcome::TakenOver { fence: f, .. } => f,
         other => panic!("{other:?}"),
     }
+}
+
+/// A table as it was made before the run index existed: key `job_id`, no
+/// secondary index (not provisioned).
+async fn table_without_index(cfg: &AwsConfig, tag: &str) -> String {
+    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
+    let name = common::unique(tag);
+    cfg.dynamodb()
+        .create_table()
+        .table_name(&name)
+        .attribute_definitions(
+            AttributeDefinition::builder()
+                .attribute_name("job_id")
+                .attribute_type(ScalarAttributeType::S)
+                .build()
+                .expect("definition"),
+        )
+        .key_schema(KeySchemaElement::builder().attribute_name("job_id").key_type(KeyType::Hash).build().expect("key"))
+        .billing_mode(BillingMode::PayPerRequest)
+        .send()
+        .await
+        .expect("create an index-less table");
+    name
+}
+
+/// A job's item as stored, every attribute.
+async fn raw_item(
+    cfg: &AwsConfig,
+    table: &str,
+    id: &JobId,
+) -> std::collections::HashMap<String, aws_sdk_dynamodb::types::AttributeValue> {
+    cfg.dynamodb()
+        .get_item()
+        .table_name(table)
+        .key("job_id", aws_sdk_dynamodb::types::AttributeValue::S(id.as_str().into()))
+        .send()
+        .await
+        .expect("get")
+        .item
+        .expect("item")
 }
 
 #[tokio::test]
@@ -77,28 +118,10 @@ async fn run_status_counts_each_job_once_and_only_its_own_run() {
     assert!(store.record_enqueued(&run_a, 6, now).await.expect("record"));
 
     // finish writes its time, for throughput.
-    let raw = cfg
-        .dynamodb()
-        .get_item()
-        .table_name(&table)
-        .key("job_id", aws_sdk_dynamodb::types::AttributeValue::S(a[0].as_str().into()))
-        .send()
-        .await
-        .expect("get")
-        .item
-        .expect("item");
+    let raw = raw_item(&cfg, &table, &a[0]).await;
     assert_eq!(raw.get("finished_ms").and_then(|v| v.as_n().ok()), Some(&now.to_string()));
     // A claim stays out of the index: run_id is written by the finish only.
-    let claimed = cfg
-        .dynamodb()
-        .get_item()
-        .table_name(&table)
-        .key("job_id", aws_sdk_dynamodb::types::AttributeValue::S(a[3].as_str().into()))
-        .send()
-        .await
-        .expect("get")
-        .item
-        .expect("item");
+    let claimed = raw_item(&cfg, &table, &a[3]).await;
     assert!(!claimed.contains_key("run_id"), "an in-progress item carries no index key: {claimed:?}");
     assert_eq!(raw.get("run_id").and_then(|v| v.as_s().ok()), Some(&run_a), "the finish put it into the index");
 
@@ -184,24 +207,9 @@ async fn a_table_without_the_run_index_fails_status_naming_the_index() {
     if common::skip() {
         return;
     }
-    use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
     let cfg = config().await;
     let ddb = cfg.dynamodb();
-    let table = common::unique("oldtable");
-    ddb.create_table()
-        .table_name(&table)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("job_id")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .expect("definition"),
-        )
-        .key_schema(KeySchemaElement::builder().attribute_name("job_id").key_type(KeyType::Hash).build().expect("key"))
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .expect("create an index-less table");
+    let table = table_without_index(&cfg, "oldtable").await;
     let store = DynamoOutcomeStore::new(ddb.clone(), &table, counters());
     assert!(!has_run_index(&ddb, &table, &counters()).await.expect("describe"));
     match store.run_status("r", now_ms()).await {
@@ -244,26 +252,10 @@ async fn provisioning_adds_the_run_index_to_an_older_table_and_counts_its_outcom
     if common::skip() {
         return;
     }
-    use aws_sdk_dynamodb::types::{
-        AttributeDefinition, AttributeValue, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType,
-    };
+    use aws_sdk_dynamodb::types::AttributeValue;
     let cfg = config().await;
     let ddb = cfg.dynamodb();
-    let table = common::unique("migrate");
-    ddb.create_table()
-        .table_name(&table)
-        .attribute_definitions(
-            AttributeDefinition::builder()
-                .attribute_name("job_id")
-                .attribute_type(ScalarAttributeType::S)
-                .build()
-                .expect("definition"),
-        )
-        .key_schema(KeySchemaElement::builder().attribute_name("job_id").key_type(KeyType::Hash).build().expect("key"))
-        .billing_mode(BillingMode::PayPerRequest)
-        .send()
-        .await
-        .expect("create an index-less table");
+    let table = table_without_index(&cfg, "migrate").await;
     // Items as older workers wrote them: run_id on every item, claims included.
     let run = common::unique("r");
     let now = now_ms();

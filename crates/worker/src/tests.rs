@@ -587,22 +587,26 @@ async fn an_internal_error_is_retryable_so_it_is_left_for_redelivery_not_recorde
     assert_eq!(h.metrics.in_flight.load(Ordering::Relaxed), 0);
 }
 
+/// `job`'s record as worker `w0` finished it: COMPLETED, label 4.
+fn finished_by_w0(job: &str) -> OutcomeRecord {
+    let stored = format!(
+        r#"{{"v":1,"job_id":"{job}","run_id":"r","url":"s3://bkt/a","status":"ok","top_k":[{{"label":"4","score":0.9}}],"attempts":1,"worker":"w0","completed_at":"2026-01-01T00:00:00Z"}}"#
+    );
+    OutcomeRecord {
+        status: Status::Completed,
+        owner: "w0".into(),
+        attempt: 1,
+        lease_until_ms: 0,
+        result: Some(stored),
+        run_id: "r".into(),
+        expires_at_s: now_ms() / 1000 + 3600,
+    }
+}
+
 #[tokio::test]
 async fn finished_duplicates_are_resent_and_deleted_without_inference() {
     let store = MemStore::default();
-    let stored = r#"{"v":1,"job_id":"d1","run_id":"r","url":"s3://bkt/a","status":"ok","top_k":[{"label":"4","score":0.9}],"attempts":1,"worker":"w0","completed_at":"2026-01-01T00:00:00Z"}"#;
-    store.put(
-        "d1",
-        OutcomeRecord {
-            status: Status::Completed,
-            owner: "w0".into(),
-            attempt: 1,
-            lease_until_ms: 0,
-            result: Some(stored.into()),
-            run_id: "r".into(),
-            expires_at_s: now_ms() / 1000 + 3600,
-        },
-    );
+    store.put("d1", finished_by_w0("d1"));
     let h = start(vec![job("d1", "a")], vec![("a", Ok("digit:1"))], store, None, settings());
     until("duplicate deleted", || h.queue.deleted("d1")).await;
     let r = h.result("d1").expect("stored result re-sent");
@@ -936,16 +940,7 @@ async fn finish_only_a_duplicate_in_flight_is_stored_once_and_the_loser_resends_
 #[tokio::test]
 async fn finish_only_skips_finished_jobs_by_the_lookup_and_leaves_a_live_claim_alone() {
     let store = MemStore::default();
-    let stored = r#"{"v":1,"job_id":"d1","run_id":"r","url":"s3://bkt/a","status":"ok","top_k":[{"label":"4","score":0.9}],"attempts":1,"worker":"w0","completed_at":"2026-01-01T00:00:00Z"}"#;
-    let done = OutcomeRecord {
-        status: Status::Completed,
-        owner: "w0".into(),
-        attempt: 1,
-        lease_until_ms: 0,
-        result: Some(stored.into()),
-        run_id: "r".into(),
-        expires_at_s: now_ms() / 1000 + 3600,
-    };
+    let done = finished_by_w0("d1");
     store.put("d1", done.clone());
     let held = OutcomeRecord {
         status: Status::InProgress,
