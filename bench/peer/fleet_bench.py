@@ -666,11 +666,14 @@ def main():
     ap.add_argument("--vcpu-hour-price", type=float, default=fleet_report.VCPU_HOUR_USD,
                     help="$ per vCPU-hour the worker CPU is priced at (default: "
                          f"{fleet_report.VCPU_HOUR_USD}, {fleet_report.VCPU_PRICE_NOTE})")
+    ap.add_argument("--note", help="a sentence on the run's conditions, written into fleet.md (e.g. other load)")
     ap.add_argument("--report-only", action="store_true",
                     help="no runs: rebuild the table (and with --docs the docs) from --out's rounds.json")
     args = ap.parse_args()
     if args.report_only:
         info, rows = load_rounds(args.out)
+        if args.note:
+            info["note"] = args.note
         if args.vcpu_hour_price != info.get("vcpu_hour_price", fleet_report.VCPU_HOUR_USD):
             info["vcpu_hour_price"], info["vcpu_price_note"] = args.vcpu_hour_price, "set by --vcpu-hour-price"
         report(args, info, rows)
@@ -738,7 +741,7 @@ def main():
                 vcpu_hour_price=args.vcpu_hour_price,
                 vcpu_price_note=fleet_report.VCPU_PRICE_NOTE if args.vcpu_hour_price == fleet_report.VCPU_HOUR_USD
                 else "set by --vcpu-hour-price",
-                scorefleet_args=args.scorefleet_arg,
+                scorefleet_args=args.scorefleet_arg, note=args.note,
                 runtime_s=round(time.monotonic() - started, 1))
     with open(os.path.join(args.out, "rounds.json"), "w") as f:
         json.dump({"info": info, "rows": [{k: v for k, v in r.items() if k != "top1"} for r in rows]}, f, indent=1)

@@ -323,6 +323,8 @@ def write_docs(summary, info, out_dir):
              "Written by `bench/fleet --docs` (see [bench/peer/README.md](../../bench/peer/README.md) for the "
              "peer and the protocol). " + describe(info) + ".", "",
              "![throughput and CPU per image](fleet.png)", ""]
+    if info.get("note"):
+        lines += [f"Note on this run: {info['note']}", ""]
     lines += table_lines(summary, md=True)
     lines += ["", "Ratios are scorefleet / peer. Images/s per round: " + "; ".join(
         f"{r['fleet']} {r['model']} {r['images_per_s_rounds']}" for r in summary["rows"]) + ".", "",
@@ -332,7 +334,7 @@ def write_docs(summary, info, out_dir):
         "mostly the wait behind the messages a worker holds; the light-load probe (single jobs at a fixed "
         "low rate, enqueue time carried in `attrs`) is the end-to-end latency of one job. Cold start is from "
         "the spawn of the worker processes with a warm page cache (their files read just before).", "",
-        "Targets of issue 8 in this run:", ""]
+        "Targets of issues 8 and 17 in this run:", ""]
     lines += [f"- {'met' if met else '**missed**'}: {text} ({measured})" for text, met, measured in summary["targets"]]
     lines += ["",
         "## AWS requests per image, by API, and request cost", "",
