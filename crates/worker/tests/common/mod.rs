@@ -211,7 +211,8 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
 }
 
-/// Starts `scorefleet-worker` on the stack with `extra` flags.
+/// Starts `scorefleet-worker` on the stack with `extra` flags (`--dedup
+/// claim` unless they name a mode).
 pub fn spawn_worker(stack: &Stack, id: &str, extra: &[&str]) -> Worker {
     spawn_worker_with_env(stack, id, extra, &[])
 }
@@ -235,6 +236,10 @@ pub fn spawn_worker_with_env(stack: &Stack, id: &str, extra: &[&str], env: &[(&s
         .args(["--http-addr", &format!("127.0.0.1:{port}")])
         .args(["--worker-id", id])
         .args(["--wait-seconds", "1"])
+        // The claim mode unless the test names one: most tests here check
+        // that a job is scored once, which finish-only does not promise for
+        // copies in flight at once (its own tests pass --dedup finish-only).
+        .args(if extra.contains(&"--dedup") { &[][..] } else { &["--dedup", "claim"][..] })
         .args(extra)
         .env("SCOREFLEET_LOG", "info")
         .envs(env.iter().copied())
