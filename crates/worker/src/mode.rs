@@ -164,10 +164,18 @@ fn measured_cpu_s_per_image(m: &Metrics, cpu_at_start: Option<f64>) -> Option<f6
     Some((infer_us as f64 / images as f64 + decode) / 1e6)
 }
 
-/// This process's CPU time (user + system, all threads) in seconds; `None`
-/// where there is no procfs.
+/// This process's CPU time (user + system, all threads) in seconds, from
+/// `/proc/self/stat` (fields 14 and 15, in clock ticks of 1/100 s: Linux's
+/// USER_HZ); `None` where there is no procfs. (The model crate's reader of
+/// the same lives behind its `train` feature, which the worker leaves off.)
 fn process_cpu_s() -> Option<f64> {
-    scorefleet_model::bench::process_cpu_seconds()
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) may hold spaces; the rest follows its ')'.
+    let rest = stat.rsplit_once(')')?.1;
+    let mut fields = rest.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
 }
 
 #[cfg(test)]
@@ -211,6 +219,18 @@ mod tests {
         let per_image = measured_cpu_s_per_image(&slow, start).expect("measured");
         assert!(per_image >= 0.1, "{per_image}");
         assert_eq!(PRICES.choose(per_image), Mode::Claim);
+    }
+
+    #[test]
+    fn the_process_cpu_time_is_read_and_grows() {
+        let Some(before) = process_cpu_s() else { return };
+        let mut x = 0u64;
+        for i in 0..30_000_000u64 {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(i);
+        }
+        std::hint::black_box(x);
+        let after = process_cpu_s().expect("readable once");
+        assert!(after >= before, "{before} → {after}");
     }
 
     #[test]
