@@ -80,6 +80,7 @@ def main():
     ap.add_argument("--models", default="digits,resnet18")
     ap.add_argument("--min-seconds", type=float, default=0.5)
     ap.add_argument("--default-backend", default="flex")
+    ap.add_argument("--backends", help="comma-separated burn backends to run (default: every one compiled in)")
     ap.add_argument("--paths", default="nhwc",
                     help="comma-separated: nhwc (served), reference (burn modules), onnx (the graph through the "
                          "runner, CPU kernels on), onnx-burn (every node on burn's op); ONNX-only models run the "
@@ -110,6 +111,8 @@ def main():
                    "--paths", ",".join(paths), "--onnx", graph]
             if weights:
                 cmd += ["--weights", weights]
+            if args.backends:
+                cmd += ["--backends", args.backends]
             res = subprocess.run(cmd, check=True, capture_output=True, text=True, env=env)
             for line in res.stdout.splitlines():
                 row = json.loads(line)

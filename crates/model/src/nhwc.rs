@@ -414,6 +414,15 @@ fn floats<const D: usize>(t: Tensor<D>, what: &str) -> Result<Vec<f32>, ModelErr
     t.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| ModelError::Invalid(format!("{what}: {e:?}")))
 }
 
+/// Refuses a zero kernel size, stride or dilation (a division by zero or an
+/// empty window later).
+fn check_geometry(kernel: [usize; 2], stride: [usize; 2], dilation: [usize; 2]) -> Result<(), ModelError> {
+    if kernel.contains(&0) || stride.contains(&0) || dilation.contains(&0) {
+        return Err(ModelError::Invalid("convolution with a zero stride, dilation or kernel".into()));
+    }
+    Ok(())
+}
+
 /// Output length of one spatial axis: `n` inputs, pads `lo` + `hi`, a kernel
 /// of `k` taps `d` apart, stride `s` (floor mode); `None` when the dilated
 /// kernel is longer than the padded input.
@@ -435,9 +444,7 @@ impl GemmConv {
         if weight.len() != c_out * c_in * kh * kw || bias.is_some_and(|b| b.len() != c_out) {
             return Err(ModelError::Invalid(format!("convolution weights do not match [{c_out}, {c_in}, {kh}, {kw}]")));
         }
-        if stride.contains(&0) || dilation.contains(&0) || kh == 0 || kw == 0 {
-            return Err(ModelError::Invalid("convolution with a zero stride, dilation or kernel".into()));
-        }
+        check_geometry([kh, kw], stride, dilation)?;
         // [c_out, c_in, kh, kw] → [kh, kw, c_in, c_out]
         let mut laid = vec![0.0; weight.len()];
         for (o, filter) in weight.chunks_exact(c_in * kh * kw).enumerate() {
@@ -709,9 +716,7 @@ impl DepthwiseConv {
         if one != 1 || weight.len() != channels * kh * kw || bias.is_some_and(|b| b.len() != channels) {
             return Err(ModelError::Invalid(format!("depthwise weights do not match [{channels}, 1, {kh}, {kw}]")));
         }
-        if stride.contains(&0) || dilation.contains(&0) || kh == 0 || kw == 0 {
-            return Err(ModelError::Invalid("convolution with a zero stride, dilation or kernel".into()));
-        }
+        check_geometry([kh, kw], stride, dilation)?;
         let mut laid = vec![0.0; weight.len()];
         for (c, plane) in weight.chunks_exact(kh * kw).enumerate() {
             for (tap, v) in plane.iter().enumerate() {

@@ -116,17 +116,29 @@ impl OnnxNet {
     /// Every output of the graph for `images` ([n, c, h, w]), batch first.
     pub fn run(&self, images: Tensor<4>) -> Result<Vec<Value>, ModelError> {
         let n = images.dims()[0];
-        if n > self.part {
+        // With at least two images per thread, at least one part per thread.
+        let threads = rayon::current_num_threads().max(1);
+        let part = if self.model.options.cpu_kernels && n >= 2 * threads {
+            self.part.min(n.div_ceil(threads))
+        } else {
+            self.part
+        };
+        if n > part {
             // Parts of the batch through the whole graph, in parallel: each
             // part's activations stay in its core's cache.
             use rayon::prelude::*;
-            let starts: Vec<usize> = (0..n).step_by(self.part).collect();
+            let starts: Vec<usize> = (0..n).step_by(part).collect();
             let parts = starts
                 .into_par_iter()
-                .map(|i| self.run(images.clone().narrow(0, i, self.part.min(n - i))))
+                .map(|i| self.run_part(images.clone().narrow(0, i, part.min(n - i))))
                 .collect::<Result<Vec<_>, _>>()?;
             return concat_batches(parts);
         }
+        self.run_part(images)
+    }
+
+    /// One part of a batch through the graph.
+    fn run_part(&self, images: Tensor<4>) -> Result<Vec<Value>, ModelError> {
         let x = if self.nhwc { images.permute([0, 2, 3, 1]) } else { images };
         let shape = x.dims().to_vec();
         let x = Value {
