@@ -177,6 +177,11 @@ impl Activations {
         Self { data, batch, height, width, channels }
     }
 
+    /// `[batch, height, width, channels]`.
+    pub fn dims(&self) -> [usize; 4] {
+        [self.batch, self.height, self.width, self.channels]
+    }
+
     /// Pixels per image.
     fn plane(&self) -> usize {
         self.height * self.width
@@ -198,9 +203,9 @@ impl Activations {
 
     /// Max pooling, `k`×`k` window, stride `s`, `p` implicit -∞ padding on every side
     /// (floor mode): [batch, h, w, c] → [batch, h', w', c]. Rows in parallel if `parallel`.
-    pub fn max_pool(&self, k: usize, s: usize, p: usize, parallel: bool) -> Activations {
+    pub fn max_pool(&self, k: usize, s: usize, p: usize, parallel: bool) -> Result<Activations, ModelError> {
         let pool = Pool { kernel: [k, k], stride: [s, s], pad: [p; 4], dilation: [1, 1], ceil_mode: false };
-        self.max_pool2d(&pool, parallel).unwrap_or_else(|_| Activations { data: vec![], height: 0, width: 0, ..*self })
+        self.max_pool2d(&pool, parallel)
     }
 
     /// Max pooling as ONNX `MaxPool` defines it (padding is −∞, a window
@@ -423,6 +428,31 @@ fn check_geometry(kernel: [usize; 2], stride: [usize; 2], dilation: [usize; 2]) 
     Ok(())
 }
 
+/// Output height and width of a convolution of `kernel` taps (`stride`,
+/// `dilation`) over an `h`×`w` input padded by `pad` ([top, left, bottom, right]).
+fn conv_out_hw(
+    (h, w): (usize, usize),
+    pad: [usize; 4],
+    kernel: [usize; 2],
+    stride: [usize; 2],
+    dilation: [usize; 2],
+) -> Result<(usize, usize), ModelError> {
+    let o = |n, i: usize| out_len(n, (pad[i], pad[i + 2]), kernel[i], stride[i], dilation[i]);
+    o(h, 0).zip(o(w, 1)).ok_or_else(|| {
+        ModelError::Inference(format!("convolution kernel {kernel:?} larger than its padded {h}×{w} input"))
+    })
+}
+
+/// Refuses a fused shortcut whose shape is not the output's (`dims`, NHWC).
+fn check_residual(residual: Option<&Activations>, dims: [usize; 4]) -> Result<(), ModelError> {
+    match residual {
+        Some(r) if r.dims() != dims => {
+            Err(ModelError::Inference("residual shape differs from the convolution output".into()))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// Output length of one spatial axis: `n` inputs, pads `lo` + `hi`, a kernel
 /// of `k` taps `d` apart, stride `s` (floor mode); `None` when the dilated
 /// kernel is longer than the padded input.
@@ -484,22 +514,9 @@ impl GemmConv {
         Self::new(&floats(w, "convolution weight")?, dims, bias.as_deref(), conv.stride, conv.dilation, pad)
     }
 
-    /// Input channels.
-    pub fn c_in(&self) -> usize {
-        self.c_in
-    }
-
-    /// Output height and width for an input of `h`×`w` with `pad`.
-    fn out_hw(&self, h: usize, w: usize, pad: [usize; 4]) -> Result<(usize, usize), ModelError> {
-        let o = |n, i: usize| out_len(n, (pad[i], pad[i + 2]), self.kernel[i], self.stride[i], self.dilation[i]);
-        o(h, 0).zip(o(w, 1)).ok_or_else(|| {
-            ModelError::Inference(format!("convolution kernel {:?} larger than its padded {h}×{w} input", self.kernel))
-        })
-    }
-
     /// `[batch, h', w', c_out]` of the output for `x` with `pad`.
     pub fn out_dims(&self, x: &Activations, pad: [usize; 4]) -> Result<[usize; 4], ModelError> {
-        let (oh, ow) = self.out_hw(x.height, x.width, pad)?;
+        let (oh, ow) = conv_out_hw((x.height, x.width), pad, self.kernel, self.stride, self.dilation)?;
         Ok([x.batch, oh, ow, self.c_out])
     }
 
@@ -528,15 +545,11 @@ impl GemmConv {
         if x.channels != self.c_in {
             return Err(ModelError::Inference(format!("convolution takes {} channels, got {}", self.c_in, x.channels)));
         }
-        let (oh, ow) = self.out_hw(x.height, x.width, pad)?;
+        let [_, oh, ow, _] = self.out_dims(x, pad)?;
         let k = self.kernel[0] * self.kernel[1] * self.c_in;
         let rows = x.batch * oh * ow;
         let (ph, pw) = if epilogue.pool2 { (oh / 2, ow / 2) } else { (oh, ow) };
-        if let Some(r) = epilogue.residual
-            && (r.batch, r.height, r.width, r.channels) != (x.batch, ph, pw, self.c_out)
-        {
-            return Err(ModelError::Inference("residual shape differs from the convolution output".into()));
-        }
+        check_residual(epilogue.residual, [x.batch, ph, pw, self.c_out])?;
         let pointwise = self.pointwise(pad);
         // Rows per chunk: a whole number of images when pooling (a window never
         // straddles two chunks), else a share of the rows bounded by CHUNK_FLOATS;
@@ -735,10 +748,7 @@ impl DepthwiseConv {
 
     /// `[batch, h', w', channels]` of the output for `x` with `pad`.
     pub fn out_dims(&self, x: &Activations, pad: [usize; 4]) -> Result<[usize; 4], ModelError> {
-        let o = |n, i: usize| out_len(n, (pad[i], pad[i + 2]), self.kernel[i], self.stride[i], self.dilation[i]);
-        let (oh, ow) = o(x.height, 0).zip(o(x.width, 1)).ok_or_else(|| {
-            ModelError::Inference(format!("convolution kernel {:?} larger than its padded input", self.kernel))
-        })?;
+        let (oh, ow) = conv_out_hw((x.height, x.width), pad, self.kernel, self.stride, self.dilation)?;
         Ok([x.batch, oh, ow, self.channels])
     }
 
@@ -755,12 +765,8 @@ impl DepthwiseConv {
         if x.channels != c || epilogue.pool2 {
             return Err(ModelError::Inference(format!("depthwise convolution of {c} channels, got {}", x.channels)));
         }
-        let [_, oh, ow, _] = self.out_dims(x, pad)?;
-        if let Some(r) = epilogue.residual
-            && (r.batch, r.height, r.width, r.channels) != (x.batch, oh, ow, c)
-        {
-            return Err(ModelError::Inference("residual shape differs from the convolution output".into()));
-        }
+        let dims @ [_, oh, ow, _] = self.out_dims(x, pad)?;
+        check_residual(epilogue.residual, dims)?;
         // Every row starts from the bias (and shortcut), so all is written.
         let mut out = buffer(x.batch * oh * ow * c);
         let [kh, kw] = self.kernel;
@@ -970,7 +976,7 @@ mod tests {
                 .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
                 .init();
             for parallel in [false, true] {
-                let got = nhwc_to_nchw(&xa.max_pool(3, 2, 1, parallel), &device);
+                let got = nhwc_to_nchw(&xa.max_pool(3, 2, 1, parallel).expect("pool"), &device);
                 assert!(max_diff(got, pool.forward(x.clone())) < 1e-6);
             }
             let mean = x.mean_dim(3).mean_dim(2).reshape([2, 5]).into_data().try_to_vec::<f32>().expect("f32");

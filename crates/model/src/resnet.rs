@@ -246,7 +246,7 @@ impl ResNet18Nhwc {
     fn forward_nhwc(&self, x: &Activations, parallel: bool) -> Result<Vec<f32>, ModelError> {
         let relu = Epilogue { act: Act::Relu, ..Epilogue::default() };
         // The stem's 3×3 stride-2 max-pool, padding 1, as torchvision's.
-        let mut x = self.conv1.forward(x, relu, parallel)?.max_pool(3, 2, 1, parallel);
+        let mut x = self.conv1.forward(x, relu, parallel)?.max_pool(3, 2, 1, parallel)?;
         for block in &self.blocks {
             let shortcut = match &block.downsample {
                 Some(d) => Some(d.forward(&x, Epilogue::default(), parallel)?),

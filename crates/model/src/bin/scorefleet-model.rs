@@ -295,9 +295,22 @@ fn main() -> Result<()> {
             let data: Vec<f32> =
                 t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
             let backends = if backends.is_empty() { BackendKind::all() } else { backends };
+            // The built-in network's weights, read once, for the nhwc and reference paths.
+            let weights = if paths.iter().any(|p| matches!(p, ForwardPath::Nhwc | ForwardPath::Reference)) {
+                let wpath = wpath.as_ref().context("--paths nhwc and reference need --weights FILE")?;
+                let bytes = std::fs::read(wpath).with_context(|| wpath.display().to_string())?;
+                Some((bytes, wpath.display().to_string()))
+            } else {
+                None
+            };
             for backend in backends {
                 let device = backend.device();
+                let builtin = match &weights {
+                    Some((bytes, name)) => Some(Network::load(&arch, classes, bytes.clone(), name, &device)?),
+                    None => None,
+                };
                 for &path in &paths {
+                    let graph_net;
                     let net = match path {
                         ForwardPath::Onnx | ForwardPath::OnnxBurn => {
                             let file = onnx.as_ref().context("--paths onnx needs --onnx FILE")?;
@@ -310,17 +323,18 @@ fn main() -> Result<()> {
                             let model = OnnxModel::from_bytes_with(&bytes, &device, options)?;
                             let manifest = Manifest { input_shape: chw, ..Manifest::default() };
                             let name = file.display().to_string();
-                            Network::Onnx(Box::new(scorefleet_model::predictor::OnnxNet::new(model, &manifest, &name)?))
+                            graph_net = Network::Onnx(Box::new(scorefleet_model::predictor::OnnxNet::new(
+                                model, &manifest, &name,
+                            )?));
+                            &graph_net
                         }
                         ForwardPath::Nhwc | ForwardPath::Reference => {
-                            let wpath = wpath.as_ref().context("--paths nhwc and reference need --weights FILE")?;
-                            let bytes = std::fs::read(wpath).with_context(|| wpath.display().to_string())?;
-                            Network::load(&arch, classes, bytes, &wpath.display().to_string(), &device)?
+                            builtin.as_ref().context("--paths nhwc and reference need --weights FILE")?
                         }
                     };
                     let rows = bench_network(
                         &arch,
-                        &net,
+                        net,
                         backend,
                         path,
                         BenchInput { images: &data, chw },

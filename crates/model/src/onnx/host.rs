@@ -75,6 +75,24 @@ pub enum ConvKernel {
     Depthwise(DepthwiseConv),
 }
 
+impl ConvKernel {
+    fn forward_padded(&self, x: &Activations, pad: [usize; 4], e: Epilogue<'_>) -> Result<Activations, String> {
+        match self {
+            ConvKernel::Gemm(c) => c.forward_padded(x, pad, e, true),
+            ConvKernel::Depthwise(c) => c.forward_padded(x, pad, e, true),
+        }
+        .map_err(|e| e.to_string())
+    }
+
+    fn out_dims(&self, x: &Activations, pad: [usize; 4]) -> Result<[usize; 4], String> {
+        match self {
+            ConvKernel::Gemm(c) => c.out_dims(x, pad),
+            ConvKernel::Depthwise(c) => c.out_dims(x, pad),
+        }
+        .map_err(|e| e.to_string())
+    }
+}
+
 /// How a convolution or pooling node pads, resolved per input size.
 #[derive(Debug, Clone)]
 pub struct Padding {
@@ -174,11 +192,7 @@ impl Kernel {
     pub fn applies(&self, inputs: &[Option<Held>]) -> bool {
         let hosts: Option<Vec<&Activations>> = inputs.iter().map(|h| h.as_ref().and_then(Held::as_host)).collect();
         match self {
-            Kernel::Add => hosts.is_some_and(|h| {
-                h.len() == 2
-                    && (h[0].batch, h[0].height, h[0].width, h[0].channels)
-                        == (h[1].batch, h[1].height, h[1].width, h[1].channels)
-            }),
+            Kernel::Add => hosts.is_some_and(|h| h.len() == 2 && h[0].dims() == h[1].dims()),
             Kernel::ConcatChannels => hosts.is_some_and(|h| {
                 h.iter().all(|a| (a.batch, a.height, a.width) == (h[0].batch, h[0].height, h[0].width))
             }),
@@ -195,27 +209,18 @@ impl Kernel {
             Kernel::Conv { conv, padding, residual, act, pool2 } => {
                 let x = take(0)?.into_host(what)?;
                 let pad = padding.resolve(x.height, x.width);
-                let plain = |x: &Activations, e: Epilogue<'_>| match conv {
-                    ConvKernel::Gemm(c) => c.forward_padded(x, pad, e, true),
-                    ConvKernel::Depthwise(c) => c.forward_padded(x, pad, e, true),
-                };
                 if !*residual {
                     let epilogue = Epilogue { act: *act, pool2: *pool2, residual: None };
-                    return Ok(Held::Host(Arc::new(plain(&x, epilogue).map_err(err)?)));
+                    return Ok(Held::Host(Arc::new(conv.forward_padded(&x, pad, epilogue)?)));
                 }
                 let shortcut = take(1)?;
-                let dims = match conv {
-                    ConvKernel::Gemm(c) => c.out_dims(&x, pad),
-                    ConvKernel::Depthwise(c) => c.out_dims(&x, pad),
-                }
-                .map_err(err)?;
-                if let Some(r) = shortcut.as_host().filter(|r| [r.batch, r.height, r.width, r.channels] == dims) {
-                    Held::Host(Arc::new(
-                        plain(&x, Epilogue { residual: Some(r), act: *act, pool2: false }).map_err(err)?,
-                    ))
+                let dims = conv.out_dims(&x, pad)?;
+                if let Some(r) = shortcut.as_host().filter(|r| r.dims() == dims) {
+                    let epilogue = Epilogue { residual: Some(r), act: *act, pool2: false };
+                    Held::Host(Arc::new(conv.forward_padded(&x, pad, epilogue)?))
                 } else {
                     // A broadcasting Add: burn's, then the activation.
-                    let y = Held::Host(Arc::new(plain(&x, Epilogue::default()).map_err(err)?));
+                    let y = Held::Host(Arc::new(conv.forward_padded(&x, pad, Epilogue::default())?));
                     let sum = super::ops::add(&y.into_value(device)?, &shortcut.into_value(device)?)?;
                     Held::Burn(super::ops::activate(sum, *act)?)
                 }

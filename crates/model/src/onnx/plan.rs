@@ -79,9 +79,28 @@ fn constant(arg: Option<&Arg>) -> Option<&Value> {
     }
 }
 
+/// An optional input (a convolution's bias): `Some(None)` when left out,
+/// `Some(Some(v))` when a float constant, `None` when computed at run time.
+fn optional_constant(arg: Option<&Arg>) -> Option<Option<&Value>> {
+    match arg {
+        None | Some(Arg::Absent) => Some(None),
+        a => constant(a).map(Some),
+    }
+}
+
 /// Only output 0 of `step` is used.
 fn single_output(step: &Step) -> bool {
     step.outs.iter().skip(1).all(Option::is_none)
+}
+
+/// Marks step `j` as fused into step `into` (its label joins `into`'s
+/// `folded`, [`retain`] drops it) and returns the slot `j` wrote, which
+/// `into` writes from now on.
+fn absorb(steps: &mut [Step], into: usize, j: usize, gone: &mut HashSet<usize>) -> Option<usize> {
+    let label = steps[j].label.clone();
+    steps[into].folded.push(label);
+    gone.insert(j);
+    steps[j].outs[0]
 }
 
 /// Removes the steps marked in `gone`.
@@ -165,13 +184,7 @@ pub(super) fn fold_batch_norms(
         } as f32;
         let params: Option<Vec<&Value>> = (1..=4).map(|k| constant(steps[j].args.get(k))).collect();
         let (Some(params), Some(w)) = (params, constant(steps[i].args.get(1))) else { continue };
-        let bias = match steps[i].args.get(2) {
-            None | Some(Arg::Absent) => None,
-            Some(a) => match constant(Some(a)) {
-                Some(b) => Some(b),
-                None => continue,
-            },
-        };
+        let Some(bias) = optional_constant(steps[i].args.get(2)) else { continue };
         let vec = |v: &Value| v.to_f32s().map_err(ModelError::Onnx);
         let (gamma, beta, mean, var) = (vec(params[0])?, vec(params[1])?, vec(params[2])?, vec(params[3])?);
         let c_out = w.shape[0];
@@ -191,14 +204,11 @@ pub(super) fn fold_batch_norms(
         }
         let w = Value::floats(weights, w.shape.clone(), device).map_err(ModelError::Onnx)?;
         let b = Value::floats(b, vec![c_out], device).map_err(ModelError::Onnx)?;
-        let (out, label) = (steps[j].outs[0], steps[j].label.clone());
+        steps[i].outs[0] = absorb(steps, i, j, &mut gone);
         let conv = &mut steps[i];
         conv.args.resize(3, Arg::Absent);
         conv.args[1] = Arg::Const(Box::new(w));
         conv.args[2] = Arg::Const(Box::new(b));
-        conv.outs[0] = out;
-        conv.folded.push(label);
-        gone.insert(j);
     }
     retain(steps, &gone);
     Ok(gone.len())
@@ -254,13 +264,8 @@ fn conv_kernel(step: &Step) -> Result<Option<(ConvKernel, Padding)>, ModelError>
     let Node::Conv2d(n) = &step.node else { return Ok(None) };
     let c = &n.config;
     let Some(w) = constant(step.args.get(1)) else { return Ok(None) };
-    let bias = match step.args.get(2) {
-        None | Some(Arg::Absent) => None,
-        Some(a) => match constant(Some(a)) {
-            Some(b) => Some(b.to_f32s().map_err(ModelError::Onnx)?),
-            None => return Ok(None),
-        },
-    };
+    let Some(bias) = optional_constant(step.args.get(2)) else { return Ok(None) };
+    let bias = bias.map(|b| b.to_f32s().map_err(ModelError::Onnx)).transpose()?;
     let Ok(dims) = <[usize; 4]>::try_from(w.shape.as_slice()) else { return Ok(None) };
     let weights = w.to_f32s().map_err(ModelError::Onnx)?;
     let kernel = if c.groups == 1 {
@@ -323,10 +328,7 @@ pub(super) fn choose_kernels(steps: &mut Vec<Step>, outputs: &[Arg], slots: usiz
                 let shortcut = Arg::Slot { slot: *slot, last: false };
                 steps[i].args.push(shortcut);
                 residual = true;
-                out = steps[j].outs[0];
-                let label = steps[j].label.clone();
-                steps[i].folded.push(label);
-                gone.insert(j);
+                out = absorb(steps, i, j, &mut gone);
             }
             // … → Relu / Clip.
             if let Some((j, 0)) = sole_reader(&readers, &graph_out, out)
@@ -334,10 +336,7 @@ pub(super) fn choose_kernels(steps: &mut Vec<Step>, outputs: &[Arg], slots: usiz
                 && let Some(a) = activation(&steps[j])
             {
                 act = a;
-                out = steps[j].outs[0];
-                let label = steps[j].label.clone();
-                steps[i].folded.push(label);
-                gone.insert(j);
+                out = absorb(steps, i, j, &mut gone);
             }
             // … → MaxPool 2×2, stride 2, unpadded (pooled in the store).
             let mut pool2 = false;
@@ -349,10 +348,7 @@ pub(super) fn choose_kernels(steps: &mut Vec<Step>, outputs: &[Arg], slots: usiz
                 && is_pool2(&n.config)
             {
                 pool2 = true;
-                out = steps[j].outs[0];
-                let label = steps[j].label.clone();
-                steps[i].folded.push(label);
-                gone.insert(j);
+                out = absorb(steps, i, j, &mut gone);
             }
             steps[i].outs = vec![out];
             Some(Kernel::Conv { conv, padding, residual, act, pool2 })
