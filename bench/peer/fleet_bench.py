@@ -67,6 +67,14 @@ TICK = os.sysconf("SC_CLK_TCK")
 MODELS = {"digits": "digits", "photos": "resnet18"}  # archive → model
 
 
+def per_image(r):
+    """A result as one row per image: a v2 result's images, each with the job's fields; a v1 result as it is."""
+    if not r.get("images"):
+        return [r]
+    job = {k: v for k, v in r.items() if k != "images"}
+    return [{**job, "model": job.get("model") if i["status"] == "ok" else None, **i} for i in r["images"]]
+
+
 def log(msg):
     common.log("bench/fleet", msg)
 
@@ -304,6 +312,9 @@ class Run:
         self.n = args.digits if archive == "digits" else args.photos
         self.broken = len(BROKEN) if args.broken and archive == "digits" else 0
         self.n += self.broken
+        # Jobs of several images are a scorefleet feature (v2 messages); the peer reads one URL a message.
+        self.images_per_job = args.images_per_job if fleet == "scorefleet" else 1
+        self.jobs = math.ceil(self.n / self.images_per_job)
         self.probes = args.probe_digits if archive == "digits" else args.probe_photos
         self.probe_rate = args.probe_rate_digits if archive == "digits" else args.probe_rate_photos
         self.prefix = f"fl{setup['stamp']}-r{rnd}-{archive[0]}-{fleet[0]}" + ("-again" if retry else "")
@@ -326,14 +337,16 @@ class Run:
         self.out_url = self.env["SCOREFLEET_OUTPUT_QUEUE_URL"]
         self.table = self.env["SCOREFLEET_TABLE"]
         rep = json.loads(self.producer("enqueue", "--manifest", self.setup["manifests"][self.archive],
-                                       "--run-id", self.prefix, "--table", self.table, "--json").splitlines()[-1])
-        if rep["enqueued"] != self.n:
-            raise SystemExit(f"{self.prefix}: enqueued {rep['enqueued']} of {self.n}")
+                                       "--run-id", self.prefix, "--table", self.table,
+                                       "--images-per-job", str(self.images_per_job), "--json").splitlines()[-1])
+        if (rep["enqueued"], rep.get("images", rep["enqueued"])) != (self.jobs, self.n):
+            raise SystemExit(f"{self.prefix}: enqueued {rep['enqueued']} jobs of {rep.get('images')} images, "
+                             f"expected {self.jobs} of {self.n}")
         sqs = self.setup["sqs"]
         attrs = ["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"]
         a_in = sqs.get_queue_attributes(QueueUrl=self.in_url, AttributeNames=attrs)["Attributes"]
         a_out = sqs.get_queue_attributes(QueueUrl=self.out_url, AttributeNames=attrs)["Attributes"]
-        if (int(a_in[attrs[0]]), int(a_in[attrs[1]]), int(a_out[attrs[0]]) + int(a_out[attrs[1]])) != (self.n, 0, 0):
+        if (int(a_in[attrs[0]]), int(a_in[attrs[1]]), int(a_out[attrs[0]]) + int(a_out[attrs[1]])) != (self.jobs, 0, 0):
             raise SystemExit(f"{self.prefix}: not a drained setup: in {a_in}, out {a_out}")
 
     def spawn(self):
@@ -530,12 +543,12 @@ class Run:
 
     def execute(self):
         self.provision()
-        log(f"{self.prefix}: {self.fleet} × {self.args.workers} on {self.model}, {self.n} jobs queued")
+        log(f"{self.prefix}: {self.fleet} × {self.args.workers} on {self.model}, {self.n} images in {self.jobs} jobs queued")
         warm_caches(self.setup, self.fleet, self.model)
         emu0 = self.emulator_cpu()
         self.spawn()
         try:
-            self.wait_deleted(self.n, self.args.timeout)
+            self.wait_deleted(self.jobs, self.args.timeout)
             self.sample(deep=True)
             done_wall = time.time()
             emu1 = self.emulator_cpu()
@@ -544,18 +557,18 @@ class Run:
             apis, batches, items, wru_items, duplicates, lookups, dedup = self.counters()
             if self.probes:
                 self.probe()
-                self.wait_deleted(self.n + self.probes, 120)
+                self.wait_deleted(self.jobs + self.probes, 120)
         finally:
             exits = self.stop()
-        results = self.drain_results(self.n + self.probes)
+        results = self.drain_results(self.jobs + self.probes)
         self.cleanup()
         with open(os.path.join(self.dir, "results.jsonl"), "w") as f:
             for r, _ in results:
                 f.write(json.dumps(r) + "\n")
-        backlog = [r for r, _ in results if not (r.get("attrs") or {}).get("probe")]
+        backlog = [x for r, _ in results if not (r.get("attrs") or {}).get("probe") for x in per_image(r)]
         probes = [r for r, _ in results if (r.get("attrs") or {}).get("probe")]
         if len(backlog) != self.n:
-            raise SystemExit(f"{self.prefix}: {len(backlog)} results for {self.n} jobs")
+            raise SystemExit(f"{self.prefix}: {len(backlog)} image results for {self.n} images")
         t0 = min(w["spawned"] for w in self.workers)
         done = sorted(rfc3339_s(r["completed_at"]) for r in backlog)
         ok = [r for r in backlog if r["status"] == "ok"]
@@ -568,7 +581,8 @@ class Run:
         row = {
             "fleet": self.fleet, "model": self.model, "archive": self.archive, "round": self.rnd,
             "prefix": self.prefix,
-            "workers": self.args.workers, "jobs": self.n, "succeeded": len(ok), "errors": errors,
+            "workers": self.args.workers, "jobs": self.n, "messages": self.jobs,
+            "images_per_job": self.images_per_job, "succeeded": len(ok), "errors": errors,
             "expected_errors": {k: v for k, v in BROKEN.items()} if self.broken else {},
             "error_by_key": error_by_key,
             "wall_s": done[-1] - t0,
@@ -649,6 +663,8 @@ def main():
     ap.add_argument("--digits", type=int, default=10000, help="MNIST test digits as PNG (≤ 10,000)")
     ap.add_argument("--photos", type=int, default=1000, help="224×224 JPEGs")
     ap.add_argument("--workers", type=int, default=2, help="workers per fleet")
+    ap.add_argument("--images-per-job", type=int, default=1,
+                    help="scorefleet's jobs carry this many images (enqueue --images-per-job); the peer's one")
     ap.add_argument("--fleets", default="scorefleet,peer")
     ap.add_argument("--worker-cpus", help="CPUs of the workers (default: all but the first)")
     ap.add_argument("--emulator-cpus", help="CPUs of the emulator and this driver (default: the first)")
@@ -755,7 +771,7 @@ def load_rounds(out):
     for r in saved["rows"]:
         with open(os.path.join(out, "runs", r["prefix"], "results.jsonl")) as f:
             results = [json.loads(line) for line in f]
-        r["top1"] = {x["url"]: x["top_k"][0]["label"] for x in results
+        r["top1"] = {x["url"]: x["top_k"][0]["label"] for j in results for x in per_image(j)
                      if x["status"] == "ok" and not (x.get("attrs") or {}).get("probe")}
     return saved["info"], saved["rows"]
 

@@ -100,6 +100,11 @@ def targets(rows):
             value = sf.get(key)
             out.append((text, _holds(value, ratio_bound), f"{value:.4f}" if value is not None else "–"))
             continue
+        if model == "digits" and key == "total_cost_per_million_images" and sf.get("images_per_job", 1) > 1:
+            # Issue 17: with jobs of 10 images, ≤ 0.25× the peer (one image per message); the
+            # one-image bounds above do not apply to such a run.
+            n = sf["images_per_job"]
+            ratio_bound, text = ("<=", 0.25), f"{model}: total cost per million images with {n} images per job ≤ 0.25× the peer's (issue 17)"
         ratio = sf["ratio_vs_peer"].get(key)
         met = _holds(ratio, ratio_bound) and (abs_bound is None or _holds(sf[key], abs_bound))
         measured = f"ratio {ratio:.2f}" if ratio is not None else "ratio –"
@@ -117,16 +122,17 @@ def percentile(values, p):
     return v[max(0, math.ceil(p / 100 * len(v)) - 1)]
 
 
-def request_cost(fleet, per_image, batch_items_per_image, finish_kb_mean, lookups_per_image=0.0):
+def request_cost(fleet, per_image, batch_items_per_image, finish_kb_mean, lookups_per_image=0.0, jobs_per_image=1.0):
     """$ per million images from per-image request counts. `batch_items_per_image`: BatchWriteItem
     items per image (BatchWriteItem is billed per item, not per request); `finish_kb_mean`: write units
-    of the finished item (result included), per image; `lookups_per_image`: items read by BatchGetItem
-    (billed per item, not per request)."""
+    of the finished items (result included), per image; `lookups_per_image`: items read by BatchGetItem
+    (billed per item, not per request); `jobs_per_image`: 1, or 1/N for jobs of N images."""
     sqs = sum(v for k, v in per_image.items() if k in SQS_APIS)
     writes = sum(v for k, v in per_image.items() if k in DDB_WRITES) + batch_items_per_image
-    # A table write is one unit per started KB: 1 for all but the finish, whose item holds the result.
-    table = writes + (finish_kb_mean - 1)
-    index = INDEX_WRITES_PER_IMAGE[fleet] + per_image.get("DeleteItem", 0)
+    # A table write is one unit per started KB: 1 for all but the finish (one per job), whose item holds
+    # the result.
+    table = writes + (finish_kb_mean - jobs_per_image)
+    index = INDEX_WRITES_PER_IMAGE[fleet] * jobs_per_image + per_image.get("DeleteItem", 0)
     rru = sum(v for k, v in per_image.items() if k in DDB_READS) + lookups_per_image * EVENTUAL_READ_UNITS_PER_ITEM
     s3 = sum(v for k, v in per_image.items() if k in S3_GETS)
     parts = {"sqs": sqs * SQS_PER_M, "dynamodb": (table + index) * DDB_WRU_PER_M + rru * DDB_RRU_PER_M,
@@ -162,7 +168,8 @@ def summarise(rows, info):
         per_image = {k: v / r["jobs"] for k, v in r["aws_requests"].items()}
         r["aws_requests_per_image_by_api"] = per_image
         cost, parts, wru = request_cost(r["fleet"], per_image, r["ddb_batch_items_written"] / r["jobs"],
-                                        r["finish_item_kb_mean"], r.get("dedup_lookups", 0) / r["jobs"])
+                                        r["finish_item_kb_mean"], r.get("dedup_lookups", 0) / r["jobs"],
+                                        r.get("messages", r["jobs"]) / r["jobs"])
         r["request_cost_per_million_images"] = cost
         r["cpu_cost_per_million_images"] = cpu_cost(r["cpu_s_per_image"], vcpu_hour)
         r["total_cost_per_million_images"] = cost + r["cpu_cost_per_million_images"]
@@ -186,7 +193,7 @@ def summarise(rows, info):
             if not rs:
                 continue
             row = {"fleet": fleet, "model": model, "rounds": len(rs), "jobs": rs[0]["jobs"],
-                   "workers": rs[0]["workers"]}
+                   "workers": rs[0]["workers"], "images_per_job": rs[0].get("images_per_job", 1)}
             for key, *_ in METRICS:
                 if key == "top1_agreement":
                     row[key] = _median(agreement.get(model, []))

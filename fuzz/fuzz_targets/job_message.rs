@@ -10,7 +10,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use scorefleet_core::job::{JobId, JobMessage, JobUrl, MAX_BODY_BYTES, MAX_URL_LEN};
+use scorefleet_core::job::{JobId, JobMessage, JobUrl, MAX_BODY_BYTES, MAX_IMAGES_PER_JOB, MAX_URL_LEN};
 
 fuzz_target!(|data: &[u8]| {
     // SQS bodies are strings; invalid UTF-8 never reaches the parser, but the
@@ -22,11 +22,15 @@ fuzz_target!(|data: &[u8]| {
             assert!(wire.len() <= MAX_BODY_BYTES, "a valid job serialises to {} bytes", wire.len());
             let again = JobMessage::parse(&wire).expect("a parsed job must parse again from its own wire form");
             assert_eq!(again, job, "round trip changed the job");
-            assert!(job.url_raw.len() <= MAX_URL_LEN);
-            if let JobUrl::Http(u) = &job.url {
-                assert!(matches!(u.scheme(), "http" | "https"));
-                assert!(u.username().is_empty() && u.password().is_none(), "credentials accepted: {u}");
-                assert!(u.host().is_some());
+            assert!((1..=MAX_IMAGES_PER_JOB).contains(&job.images.len()));
+            assert!(job.multi || job.images.len() == 1, "a v1 job has one image");
+            for image in &job.images {
+                assert!(image.url_raw.len() <= MAX_URL_LEN);
+                if let JobUrl::Http(u) = &image.url {
+                    assert!(matches!(u.scheme(), "http" | "https"));
+                    assert!(u.username().is_empty() && u.password().is_none(), "credentials accepted: {u}");
+                    assert!(u.host().is_some());
+                }
             }
         }
         Err(e) => {

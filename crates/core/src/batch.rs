@@ -1,8 +1,10 @@
 //! The batching policy as a pure state machine.
 //!
 //! The worker gathers preprocessed images from many messages into one model
-//! batch. A batch closes when the first of these happens:
-//! - it holds `max_items`;
+//! batch. Each item weighs what it brings (a job of several images weighs
+//! its images). A batch closes when the first of these happens:
+//! - its items weigh `max_items` or more (so one item heavier than that makes a
+//!   batch of its own, and a batch can exceed `max_items` by its last item);
 //! - `max_wait_ms` has passed since its first item arrived (latency bound when
 //!   the queue is quiet);
 //! - the earliest lease deadline among its items is `lease_margin_ms` away
@@ -16,7 +18,7 @@
 /// When to close a batch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {
-    /// Most items in one batch (≥ 1).
+    /// Weight at which a batch closes (≥ 1): items, when each weighs one.
     pub max_items: usize,
     /// Longest time the first item waits for company.
     pub max_wait_ms: u64,
@@ -29,6 +31,8 @@ pub struct Policy {
 pub struct Batcher<T> {
     policy: Policy,
     items: Vec<T>,
+    /// What the items weigh together.
+    weight: usize,
     /// When the first item arrived; `None` while empty.
     opened_ms: Option<u64>,
     /// Earliest lease deadline among the items.
@@ -39,7 +43,13 @@ impl<T> Batcher<T> {
     /// An empty batcher. `max_items` of 0 is treated as 1.
     pub fn new(policy: Policy) -> Self {
         let policy = Policy { max_items: policy.max_items.max(1), ..policy };
-        Self { policy, items: Vec::with_capacity(policy.max_items), opened_ms: None, earliest_lease_ms: u64::MAX }
+        Self {
+            policy,
+            items: Vec::with_capacity(policy.max_items),
+            weight: 0,
+            opened_ms: None,
+            earliest_lease_ms: u64::MAX,
+        }
     }
 
     /// The policy in force.
@@ -57,15 +67,21 @@ impl<T> Batcher<T> {
         self.items.is_empty()
     }
 
-    /// Adds an item whose lease ends at `lease_deadline_ms`. Returns a batch
-    /// if this item filled it or made it due.
+    /// Adds an item of weight one whose lease ends at `lease_deadline_ms`.
+    /// Returns a batch if this item filled it or made it due.
     pub fn push(&mut self, item: T, lease_deadline_ms: u64, now_ms: u64) -> Option<Vec<T>> {
+        self.push_weighted(item, 1, lease_deadline_ms, now_ms)
+    }
+
+    /// [`Batcher::push`] for an item of weight `weight`.
+    pub fn push_weighted(&mut self, item: T, weight: usize, lease_deadline_ms: u64, now_ms: u64) -> Option<Vec<T>> {
         if self.items.is_empty() {
             self.opened_ms = Some(now_ms);
         }
         self.items.push(item);
+        self.weight += weight;
         self.earliest_lease_ms = self.earliest_lease_ms.min(lease_deadline_ms);
-        if self.items.len() >= self.policy.max_items { Some(self.take()) } else { self.poll(now_ms) }
+        if self.weight >= self.policy.max_items { Some(self.take()) } else { self.poll(now_ms) }
     }
 
     /// When the open batch must close, if anything is waiting.
@@ -91,6 +107,7 @@ impl<T> Batcher<T> {
 
     fn take(&mut self) -> Vec<T> {
         self.opened_ms = None;
+        self.weight = 0;
         self.earliest_lease_ms = u64::MAX;
         std::mem::replace(&mut self.items, Vec::with_capacity(self.policy.max_items))
     }
@@ -133,6 +150,16 @@ mod tests {
         let mut b = Batcher::new(P);
         b.push('x', 1_000_000, 0);
         assert_eq!(b.push('y', 900, 10), Some(vec!['x', 'y']));
+    }
+
+    #[test]
+    fn weighted_items_close_a_batch_by_their_weight() {
+        let mut b = Batcher::new(P);
+        assert_eq!(b.push_weighted('a', 2, 1_000_000, 0), None);
+        assert_eq!(b.push_weighted('b', 1, 1_000_000, 0), None);
+        assert_eq!(b.push_weighted('c', 3, 1_000_000, 0), Some(vec!['a', 'b', 'c']), "weight 6 ≥ 4");
+        assert_eq!(b.push_weighted('d', 9, 1_000_000, 0), Some(vec!['d']), "heavier than a batch: alone");
+        assert_eq!(b.push_weighted('e', 3, 1_000_000, 0), None, "the weight starts again after a batch");
     }
 
     #[test]

@@ -1,7 +1,16 @@
 //! The job message on the input queue, and its strict parser.
 //!
+//! One image per job (`v: 1`):
+//!
 //! ```json
 //! {"v":1,"job_id":"…","url":"s3://bucket/key","run_id":"nightly-2026-11-26","attrs":{…}}
+//! ```
+//!
+//! or several (`v: 2`, `enqueue --images-per-job N`), each with its own
+//! `attrs`, answered by one result that carries one entry per image:
+//!
+//! ```json
+//! {"v":2,"job_id":"…","run_id":"…","images":[{"url":"s3://bucket/a","attrs":{…}},{"url":"s3://bucket/b"}]}
 //! ```
 //!
 //! Parsing never panics and never guesses: an unknown `v`, a missing or
@@ -15,16 +24,21 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
 
-/// The only message version this build understands.
+/// The message version of a one-image job.
 pub const JOB_VERSION: u32 = 1;
+/// The message version of a job of several images.
+pub const JOB_VERSION_MULTI: u32 = 2;
+/// Most images in one job.
+pub const MAX_IMAGES_PER_JOB: usize = 100;
 /// Longest accepted `job_id` and `run_id`, in characters.
 pub const MAX_ID_LEN: usize = 128;
 /// Longest accepted URL, in bytes.
 pub const MAX_URL_LEN: usize = 2048;
 /// Largest accepted `attrs`, serialised as compact JSON, in bytes.
 pub const MAX_ATTRS_BYTES: usize = 4096;
-/// Largest accepted message body, in bytes (well under SQS's 256 KiB, since a
-/// job is a URL plus a little bookkeeping).
+/// Largest accepted message body, in bytes: a quarter of SQS's 256 KiB
+/// SendMessageBatch payload, so a batch of ten typical jobs always fits
+/// (the producer packs batches by size as well as count).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 /// A validated job identifier: 1 to 128 printable ASCII characters, no spaces.
@@ -50,6 +64,23 @@ impl JobId {
         h.update(run_id.as_bytes());
         h.update([0u8]);
         h.update(url.as_bytes());
+        let digest = h.finalize();
+        Self(hex::encode(&digest[..16]))
+    }
+
+    /// The default id of a job of several images: SHA-256 over `run_id`, a
+    /// NUL, and each URL after its length (8 bytes, little-endian), so
+    /// distinct lists never collide by concatenation, truncated to 128 bits
+    /// as 32 hex characters. The id depends on the grouping: a rerun is
+    /// skipped only when it packs the same URLs in the same order.
+    pub fn derive_multi<'a>(run_id: &str, urls: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut h = Sha256::new();
+        h.update(run_id.as_bytes());
+        h.update([0u8]);
+        for url in urls {
+            h.update((url.len() as u64).to_le_bytes());
+            h.update(url.as_bytes());
+        }
         let digest = h.finalize();
         Self(hex::encode(&digest[..16]))
     }
@@ -136,19 +167,40 @@ impl fmt::Display for JobUrl {
     }
 }
 
+/// One image of a job.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Image {
+    /// Where the image is.
+    pub url: JobUrl,
+    /// The URL exactly as the producer wrote it (echoed in results).
+    pub url_raw: String,
+    /// Caller bookkeeping, passed through to the image's result untouched.
+    pub attrs: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Image {
+    /// Validates a URL and its attributes.
+    pub fn new(url: &str, attrs: Option<serde_json::Map<String, serde_json::Value>>) -> Result<Self, ParseError> {
+        let parsed = JobUrl::parse(url)?;
+        if let Some(a) = &attrs {
+            check_attrs(a)?;
+        }
+        Ok(Self { url: parsed, url_raw: url.to_owned(), attrs })
+    }
+}
+
 /// A parsed, validated job.
 #[derive(Debug, Clone, PartialEq)]
 pub struct JobMessage {
     /// Unique per job; the dedup key.
     pub job_id: JobId,
-    /// Where the image is.
-    pub url: JobUrl,
-    /// The URL exactly as the producer wrote it (echoed in results).
-    pub url_raw: String,
     /// The run this job belongs to (nightly-2026-11-26, …).
     pub run_id: String,
-    /// Caller bookkeeping, passed through to the result untouched.
-    pub attrs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// Its images: exactly one in a `v: 1` job, 1 to
+    /// [`MAX_IMAGES_PER_JOB`] in a `v: 2` job.
+    pub images: Vec<Image>,
+    /// Whether it is a `v: 2` job, answered with one entry per image.
+    pub multi: bool,
 }
 
 #[derive(Serialize)]
@@ -161,13 +213,47 @@ struct WireOut<'a> {
     attrs: &'a Option<serde_json::Map<String, serde_json::Value>>,
 }
 
+#[derive(Serialize)]
+struct WireOutMulti<'a> {
+    v: u32,
+    job_id: &'a JobId,
+    run_id: &'a str,
+    images: Vec<ImageOut<'a>>,
+}
+
+#[derive(Serialize)]
+struct ImageOut<'a> {
+    url: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attrs: &'a Option<serde_json::Map<String, serde_json::Value>>,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct WireV1 {
-    v: u32,
+    #[serde(rename = "v")]
+    _v: u32,
     job_id: String,
     url: String,
     run_id: String,
+    #[serde(default)]
+    attrs: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireV2 {
+    #[serde(rename = "v")]
+    _v: u32,
+    job_id: String,
+    run_id: String,
+    images: Vec<WireImage>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WireImage {
+    url: String,
     #[serde(default)]
     attrs: Option<serde_json::Map<String, serde_json::Value>>,
 }
@@ -181,37 +267,70 @@ struct Probe {
 }
 
 impl JobMessage {
-    /// Builds a job, deriving the id from `(run_id, url)` when none is given.
+    /// Builds a one-image job, deriving the id from `(run_id, url)` when none
+    /// is given.
     pub fn new(url: &str, run_id: &str, job_id: Option<JobId>) -> Result<Self, ParseError> {
         validate_id("run_id", run_id)?;
-        let parsed = JobUrl::parse(url)?;
+        let image = Image::new(url, None)?;
         Ok(Self {
             job_id: job_id.unwrap_or_else(|| JobId::derive(run_id, url)),
-            url: parsed,
-            url_raw: url.to_owned(),
             run_id: run_id.to_owned(),
-            attrs: None,
+            images: vec![image],
+            multi: false,
         })
     }
 
-    /// Attaches caller attributes, checking their size.
+    /// Builds a job of several images (`v: 2`), deriving the id from the run
+    /// and the URLs in order ([`JobId::derive_multi`]) when none is given.
+    pub fn multi(run_id: &str, images: Vec<Image>, job_id: Option<JobId>) -> Result<Self, ParseError> {
+        validate_id("run_id", run_id)?;
+        if images.is_empty() {
+            return Err(ParseError::new(ParseErrorKind::Malformed, "`images` is empty"));
+        }
+        if images.len() > MAX_IMAGES_PER_JOB {
+            return Err(ParseError::new(
+                ParseErrorKind::TooLarge,
+                format!("{} images, limit {MAX_IMAGES_PER_JOB} per job", images.len()),
+            ));
+        }
+        let job_id = job_id.unwrap_or_else(|| JobId::derive_multi(run_id, images.iter().map(|i| i.url_raw.as_str())));
+        Ok(Self { job_id, run_id: run_id.to_owned(), images, multi: true })
+    }
+
+    /// Attaches caller attributes to a one-image job's image, checking their
+    /// size.
     pub fn with_attrs(mut self, attrs: serde_json::Map<String, serde_json::Value>) -> Result<Self, ParseError> {
         check_attrs(&attrs)?;
-        self.attrs = Some(attrs);
+        if let Some(image) = self.images.first_mut() {
+            image.attrs = Some(attrs);
+        }
         Ok(self)
+    }
+
+    /// The message version this job is written as.
+    pub fn version(&self) -> u32 {
+        if self.multi { JOB_VERSION_MULTI } else { JOB_VERSION }
     }
 
     /// The wire form (compact JSON).
     pub fn to_json(&self) -> String {
-        let out = WireOut {
-            v: JOB_VERSION,
-            job_id: &self.job_id,
-            url: &self.url_raw,
-            run_id: &self.run_id,
-            attrs: &self.attrs,
-        };
-        // Serialising plain strings and a JSON map cannot fail.
-        serde_json::to_string(&out).unwrap_or_default()
+        // Serialising plain strings and JSON maps cannot fail.
+        match (self.multi, self.images.first()) {
+            (false, Some(image)) => serde_json::to_string(&WireOut {
+                v: JOB_VERSION,
+                job_id: &self.job_id,
+                url: &image.url_raw,
+                run_id: &self.run_id,
+                attrs: &image.attrs,
+            }),
+            _ => serde_json::to_string(&WireOutMulti {
+                v: JOB_VERSION_MULTI,
+                job_id: &self.job_id,
+                run_id: &self.run_id,
+                images: self.images.iter().map(|i| ImageOut { url: &i.url_raw, attrs: &i.attrs }).collect(),
+            }),
+        }
+        .unwrap_or_default()
     }
 
     /// Parses a message body strictly. Never panics, whatever the input.
@@ -230,23 +349,49 @@ impl JobMessage {
             _ => None,
         };
         let with_id = |e: ParseError| e.with_job_id(recovered.clone());
-        match &probe.v {
+        let multi = match &probe.v {
             None => return Err(with_id(ParseError::new(ParseErrorKind::MissingField, "missing field `v`"))),
-            Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(JOB_VERSION)) => {}
+            Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(JOB_VERSION)) => false,
+            Some(serde_json::Value::Number(n)) if n.as_u64() == Some(u64::from(JOB_VERSION_MULTI)) => true,
             Some(other) => {
                 return Err(with_id(ParseError::new(
                     ParseErrorKind::UnsupportedVersion,
-                    format!("unsupported message version {other}; this worker reads v{JOB_VERSION}"),
+                    format!(
+                        "unsupported message version {other}; this worker reads v{JOB_VERSION} and v{JOB_VERSION_MULTI}"
+                    ),
                 )));
             }
-        }
-        let wire: WireV1 = serde_json::from_str(body).map_err(|e| {
+        };
+        let wire_error = |e: serde_json::Error| {
             let msg = e.to_string();
             let kind =
                 if msg.starts_with("missing field") { ParseErrorKind::MissingField } else { ParseErrorKind::Malformed };
             with_id(ParseError::new(kind, msg))
-        })?;
-        debug_assert_eq!(wire.v, JOB_VERSION);
+        };
+        if multi {
+            let wire: WireV2 = serde_json::from_str(body).map_err(wire_error)?;
+            let job_id = JobId::parse(&wire.job_id)?;
+            let build = || -> Result<Self, ParseError> {
+                if wire.images.len() > MAX_IMAGES_PER_JOB {
+                    return Err(ParseError::new(
+                        ParseErrorKind::TooLarge,
+                        format!("{} images, limit {MAX_IMAGES_PER_JOB} per job", wire.images.len()),
+                    ));
+                }
+                let images = wire
+                    .images
+                    .iter()
+                    .enumerate()
+                    .map(|(i, w)| {
+                        Image::new(&w.url, w.attrs.clone())
+                            .map_err(|e| ParseError { message: format!("images[{i}]: {}", e.message), ..e })
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                JobMessage::multi(&wire.run_id, images, Some(job_id.clone()))
+            };
+            return build().map_err(|e| e.with_job_id(Some(job_id.clone())));
+        }
+        let wire: WireV1 = serde_json::from_str(body).map_err(wire_error)?;
         let job_id = JobId::parse(&wire.job_id)?;
         let build = || -> Result<Self, ParseError> {
             let mut job = JobMessage::new(&wire.url, &wire.run_id, Some(job_id.clone()))?;
@@ -356,9 +501,11 @@ mod tests {
     fn parses_a_valid_job_and_round_trips() {
         let job = JobMessage::parse(GOOD).expect("valid");
         assert_eq!(job.job_id.as_str(), "j-1");
-        assert_eq!(job.url, JobUrl::S3 { bucket: "my-bucket".into(), key: "a/b.png".into() });
+        assert_eq!(job.images[0].url, JobUrl::S3 { bucket: "my-bucket".into(), key: "a/b.png".into() });
         assert_eq!(job.run_id, "r1");
-        assert_eq!(job.attrs.as_ref().and_then(|a| a.get("label")), Some(&serde_json::json!(7)));
+        assert_eq!(job.images[0].attrs.as_ref().and_then(|a| a.get("label")), Some(&serde_json::json!(7)));
+        assert_eq!((job.images.len(), job.multi, job.version()), (1, false, 1));
+        assert_eq!(job.to_json(), GOOD, "a one-image job keeps the v1 wire form");
         assert_eq!(JobMessage::parse(&job.to_json()).expect("round trip"), job);
     }
 
@@ -366,8 +513,8 @@ mod tests {
     fn http_and_https_are_accepted() {
         for u in ["https://example.com/x.png", "http://example.com:8080/x.jpg?sig=1"] {
             let job = JobMessage::new(u, "r", None).expect(u);
-            assert!(matches!(job.url, JobUrl::Http(_)));
-            assert_eq!(job.url_raw, u);
+            assert!(matches!(job.images[0].url, JobUrl::Http(_)));
+            assert_eq!(job.images[0].url_raw, u);
         }
     }
 
@@ -388,7 +535,24 @@ mod tests {
             ("not json".into(), Malformed),
             ("[1,2]".into(), Malformed),
             (r#"{"job_id":"a","url":"s3://bkt/k","run_id":"r"}"#.into(), MissingField),
-            (r#"{"v":2,"job_id":"a","url":"s3://bkt/k","run_id":"r"}"#.into(), UnsupportedVersion),
+            (r#"{"v":3,"job_id":"a","url":"s3://bkt/k","run_id":"r"}"#.into(), UnsupportedVersion),
+            (r#"{"v":2,"job_id":"a","url":"s3://bkt/k","run_id":"r"}"#.into(), Malformed),
+            (r#"{"v":2,"job_id":"a","run_id":"r"}"#.into(), MissingField),
+            (r#"{"v":2,"job_id":"a","run_id":"r","images":[]}"#.into(), Malformed),
+            (r#"{"v":2,"job_id":"a","run_id":"r","images":["s3://bkt/k"]}"#.into(), Malformed),
+            (r#"{"v":2,"job_id":"a","run_id":"r","images":[{"url":"s3://bkt/k","x":1}]}"#.into(), Malformed),
+            (
+                r#"{"v":2,"job_id":"a","run_id":"r","images":[{"url":"s3://bkt/k"},{"url":"ftp://h/k"}]}"#.into(),
+                UnsupportedScheme,
+            ),
+            (r#"{"v":2,"job_id":"a","run_id":"","images":[{"url":"s3://bkt/k"}]}"#.into(), BadId),
+            (
+                format!(
+                    r#"{{"v":2,"job_id":"a","run_id":"r","images":[{}]}}"#,
+                    vec![r#"{"url":"s3://bkt/k"}"#; MAX_IMAGES_PER_JOB + 1].join(",")
+                ),
+                TooLarge,
+            ),
             (r#"{"v":"1","job_id":"a","url":"s3://bkt/k","run_id":"r"}"#.into(), UnsupportedVersion),
             (r#"{"v":1.5,"job_id":"a","url":"s3://bkt/k","run_id":"r"}"#.into(), UnsupportedVersion),
             (r#"{"v":1,"url":"s3://bkt/k","run_id":"r"}"#.into(), MissingField),
@@ -433,6 +597,40 @@ mod tests {
         assert_eq!(err.job_id.as_ref().map(JobId::as_str), Some("keep-me"));
         let err = JobMessage::parse(r#"{"v":1,"job_id":"","url":"s3://bkt/k","run_id":"r"}"#).expect_err("empty id");
         assert_eq!(err.job_id, None);
+    }
+
+    #[test]
+    fn a_job_of_several_images_round_trips_and_names_its_bad_image() {
+        let body = r#"{"v":2,"job_id":"j-2","run_id":"r","images":[{"url":"s3://bkt/a.png","attrs":{"label":"1"}},{"url":"https://example.com/b.jpg"}]}"#;
+        let job = JobMessage::parse(body).expect("valid");
+        assert_eq!((job.images.len(), job.multi, job.version()), (2, true, JOB_VERSION_MULTI));
+        assert_eq!(job.images[0].attrs.as_ref().and_then(|a| a.get("label")), Some(&serde_json::json!("1")));
+        assert_eq!(job.images[1].attrs, None);
+        assert_eq!(job.to_json(), body);
+        assert_eq!(JobMessage::parse(&job.to_json()).expect("round trip"), job);
+        let err = JobMessage::parse(
+            r#"{"v":2,"job_id":"keep","run_id":"r","images":[{"url":"s3://bkt/a"},{"url":"s3://bkt/"}]}"#,
+        )
+        .expect_err("second image has no key");
+        assert!(err.message.starts_with("images[1]: "), "{}", err.message);
+        assert_eq!(err.job_id.as_ref().map(JobId::as_str), Some("keep"));
+        // A one-image list is still a v2 job: its result has the v2 shape.
+        let one = JobMessage::multi("r", vec![Image::new("s3://bkt/a", None).expect("image")], None).expect("job");
+        assert!(one.to_json().starts_with(r#"{"v":2,"#));
+    }
+
+    #[test]
+    fn multi_image_ids_depend_on_the_urls_and_their_order() {
+        let a = JobId::derive_multi("run", ["s3://b/1", "s3://b/2"]);
+        assert_eq!(a, JobId::derive_multi("run", ["s3://b/1", "s3://b/2"]));
+        // Pinned: changing the derivation would re-run every finished job.
+        // The value is SHA-256(b"run\0" + u64le(8) + b"s3://b/1" + u64le(8) + b"s3://b/2")[..16].
+        assert_eq!(a.as_str(), "f3fba0a00bf7bd9a9867b6a7066d11a4");
+        assert_ne!(a, JobId::derive_multi("run", ["s3://b/2", "s3://b/1"]));
+        assert_ne!(a, JobId::derive_multi("run2", ["s3://b/1", "s3://b/2"]));
+        assert_ne!(JobId::derive_multi("r", ["ab", "c"]), JobId::derive_multi("r", ["a", "bc"]));
+        assert_ne!(JobId::derive_multi("r", ["s3://b/1"]), JobId::derive("r", "s3://b/1"));
+        JobId::parse(a.as_str()).expect("derived ids are valid ids");
     }
 
     #[test]
@@ -484,6 +682,20 @@ mod tests {
         fn valid_jobs_round_trip(id in "[!-~]{1,128}", run in "[a-z0-9-]{1,40}", key in "[a-zA-Z0-9/._-]{1,60}") {
             let url = format!("s3://bucket-1/{key}");
             let job = JobMessage::new(&url, &run, Some(JobId::parse(&id).expect("graphic ascii"))).expect("valid");
+            prop_assert_eq!(JobMessage::parse(&job.to_json()).expect("round trip"), job);
+        }
+
+        #[test]
+        fn valid_multi_image_jobs_round_trip(run in "[a-z0-9-]{1,40}", keys in proptest::collection::vec("[a-zA-Z0-9/._-]{1,60}", 1..12)) {
+            let images: Vec<Image> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| {
+                    let attrs = (i % 2 == 0).then(|| serde_json::Map::from_iter([("i".to_owned(), serde_json::json!(i))]));
+                    Image::new(&format!("s3://bucket-1/{k}"), attrs).expect("valid")
+                })
+                .collect();
+            let job = JobMessage::multi(&run, images, None).expect("valid");
             prop_assert_eq!(JobMessage::parse(&job.to_json()).expect("round trip"), job);
         }
     }

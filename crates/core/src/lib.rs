@@ -27,5 +27,5 @@ pub mod result;
 pub mod traits;
 
 pub use error::{ErrorKind, Retry};
-pub use job::{JobId, JobMessage, JobUrl, ParseError};
-pub use result::{ErrorInfo, ModelRef, Prediction, ResultMessage, ResultStatus};
+pub use job::{Image, JobId, JobMessage, JobUrl, ParseError};
+pub use result::{ErrorInfo, ImageResult, ModelRef, Prediction, ResultMessage, ResultStatus};

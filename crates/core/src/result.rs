@@ -7,14 +7,25 @@
 //! ```
 //! or `"status":"error","error":{"kind":"decode","message":"…"}` in place of
 //! `top_k`. An `embed` model's result carries `"embedding":[…]` and `"dims"`
-//! instead of `top_k`, a `raw` model's `"outputs":[{"name","shape","data"}]`. Consumers may see a result twice (SQS is at-least-once); `job_id`
-//! lets them drop the copy.
+//! instead of `top_k`, a `raw` model's `"outputs":[{"name","shape","data"}]`.
+//!
+//! A job of several images (`v: 2`) is answered by one `v: 2` result with no
+//! `url`, `top_k` or per-image fields of its own: `"images":[…]` holds one
+//! [`ImageResult`] per image, in the job's order, each with its own `url`,
+//! `status`, scores or `error`, and `attrs`. Its `status` is `ok` when at
+//! least one image was scored, `error` when none was (then `error` names why).
+//! [`ResultMessage::per_image`] flattens either form to one row per image.
+//!
+//! Consumers may see a result twice (SQS is at-least-once); `job_id` lets
+//! them drop the copy.
 
 use crate::error::{ErrorKind, JobError};
 use serde::{Deserialize, Serialize};
 
-/// The result format version this build writes.
+/// The result format version of a one-image job.
 pub const RESULT_VERSION: u32 = 1;
+/// The result format version of a job of several images.
+pub const RESULT_VERSION_MULTI: u32 = 2;
 
 /// Which model produced a result.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -91,7 +102,9 @@ pub struct ResultMessage {
     pub job_id: String,
     /// The job's run (empty when the message was unparsable).
     pub run_id: String,
-    /// The job's URL as enqueued (empty when unparsable).
+    /// The job's URL as enqueued (empty, and not written, when unparsable
+    /// and in a `v: 2` result, whose images carry their own).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub url: String,
     /// `ok` or `error`.
     pub status: ResultStatus,
@@ -125,9 +138,95 @@ pub struct ResultMessage {
     /// The job's `attrs`, passed through.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub attrs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// A `v: 2` result's images, in the job's order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<ImageResult>,
+}
+
+/// One image's part of a `v: 2` result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ImageResult {
+    /// The image's URL as enqueued.
+    pub url: String,
+    /// `ok` or `error`, for this image alone.
+    pub status: ResultStatus,
+    /// Best labels first; empty on error.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub top_k: Vec<Prediction>,
+    /// An `embed` model's vector for this image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub embedding: Option<Vec<f32>>,
+    /// Length of `embedding`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dims: Option<usize>,
+    /// A `raw` model's outputs for this image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<NamedTensor>,
+    /// This image's failure, on error.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    /// The image's `attrs`, passed through.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attrs: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl ImageResult {
+    /// A scored image.
+    pub fn scored(url: String, attrs: Option<serde_json::Map<String, serde_json::Value>>, s: Scored) -> Self {
+        Self {
+            url,
+            status: ResultStatus::Ok,
+            top_k: s.top_k,
+            dims: s.embedding.as_ref().map(Vec::len),
+            embedding: s.embedding,
+            outputs: s.outputs,
+            error: None,
+            attrs,
+        }
+    }
+
+    /// A failed image.
+    pub fn failed(url: String, attrs: Option<serde_json::Map<String, serde_json::Value>>, e: &JobError) -> Self {
+        Self {
+            url,
+            status: ResultStatus::Error,
+            top_k: Vec::new(),
+            embedding: None,
+            dims: None,
+            outputs: Vec::new(),
+            error: Some(ErrorInfo::from(e)),
+            attrs,
+        }
+    }
 }
 
 impl ResultMessage {
+    /// One row per image, each in the one-image shape (`images` empty): a
+    /// `v: 1` result as it is; a `v: 2` result's images, each with the
+    /// job's id, run, model, attempts, worker and times. A `v: 2` result
+    /// without images (a job that failed as a whole) is one row, as it is.
+    pub fn per_image(&self) -> Vec<ResultMessage> {
+        if self.images.is_empty() {
+            return vec![self.clone()];
+        }
+        let job = ResultMessage { images: Vec::new(), ..self.clone() };
+        self.images
+            .iter()
+            .map(|i| ResultMessage {
+                url: i.url.clone(),
+                status: i.status,
+                model: if i.status == ResultStatus::Ok { job.model.clone() } else { None },
+                top_k: i.top_k.clone(),
+                embedding: i.embedding.clone(),
+                dims: i.dims,
+                outputs: i.outputs.clone(),
+                error: i.error.clone(),
+                attrs: i.attrs.clone(),
+                ..job.clone()
+            })
+            .collect()
+    }
+
     /// Compact JSON for the wire.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
@@ -167,6 +266,7 @@ mod tests {
             completed_at: "2026-11-26T00:00:00Z".into(),
             latency_ms: Some(3),
             attrs: None,
+            images: Vec::new(),
         };
         let json = ok.to_json();
         let v: serde_json::Value = serde_json::from_str(&json).expect("json");
@@ -189,5 +289,55 @@ mod tests {
         assert_eq!(v["status"], "error");
         assert_eq!(v["error"]["kind"], "decode");
         assert!(v.get("top_k").is_none());
+        assert_eq!(err.per_image(), vec![err.clone()], "a one-image result is its own row");
+    }
+
+    #[test]
+    fn a_multi_image_result_has_one_entry_per_image_and_flattens_to_rows() {
+        let attrs = |l: &str| Some(serde_json::Map::from_iter([("label".to_owned(), serde_json::json!(l))]));
+        let scored = Scored { top_k: vec![Prediction { label: "3".into(), score: 0.75 }], ..Scored::default() };
+        let multi = ResultMessage {
+            v: RESULT_VERSION_MULTI,
+            job_id: "j".into(),
+            run_id: "r".into(),
+            url: String::new(),
+            status: ResultStatus::Ok,
+            model: Some(ModelRef { name: "digits".into(), version: "sha256:ab".into() }),
+            top_k: vec![],
+            embedding: None,
+            dims: None,
+            outputs: Vec::new(),
+            error: None,
+            attempts: 2,
+            worker: "w".into(),
+            completed_at: "2026-12-01T00:00:00Z".into(),
+            latency_ms: Some(9),
+            attrs: None,
+            images: vec![
+                ImageResult::scored("s3://b/a".into(), attrs("3"), scored),
+                ImageResult::failed("s3://b/b".into(), attrs("4"), &JobError::new(ErrorKind::Decode, "not a png")),
+            ],
+        };
+        let json = multi.to_json();
+        let v: serde_json::Value = serde_json::from_str(&json).expect("json");
+        assert_eq!(v["v"], 2);
+        assert!(v.get("url").is_none() && v.get("top_k").is_none());
+        assert_eq!(v["images"][0]["top_k"][0]["label"], "3");
+        assert_eq!(v["images"][1]["status"], "error");
+        assert_eq!(v["images"][1]["error"]["kind"], "decode");
+        assert_eq!(v["images"][1]["attrs"]["label"], "4");
+        assert_eq!(ResultMessage::parse(&json).expect("parse"), multi);
+        let rows = multi.per_image();
+        assert_eq!(rows.len(), 2);
+        assert_eq!(
+            (rows[0].url.as_str(), rows[0].status, rows[0].top().map(|p| p.score)),
+            ("s3://b/a", ResultStatus::Ok, Some(0.75))
+        );
+        assert_eq!(rows[0].model, multi.model);
+        assert_eq!(
+            (rows[1].url.as_str(), rows[1].status, rows[1].model.as_ref()),
+            ("s3://b/b", ResultStatus::Error, None)
+        );
+        assert!(rows.iter().all(|r| r.job_id == "j" && r.attempts == 2 && r.images.is_empty()));
     }
 }

@@ -1,5 +1,9 @@
 //! `collect`: drains the output queue into JSONL and CSV files.
 //!
+//! The JSONL file holds each result message as it came; the CSV file one row
+//! per image (a `v: 2` result of several images gives one row per image,
+//! numbered in the `image` column).
+//!
 //! Results arrive at least once, so the same `job_id` can come twice; the
 //! first copy is written and later copies are dropped (the set of ids seen is
 //! preloaded from an existing JSONL file, so repeated `collect` runs into the
@@ -45,6 +49,8 @@ pub struct Summary {
     pub received: u64,
     /// New results written.
     pub written: u64,
+    /// Images in them (equal to `written` for one-image jobs).
+    pub images: u64,
     /// Copies of results already written, dropped.
     pub duplicates: u64,
     /// Messages that were not valid results (kept in the rejects file).
@@ -77,7 +83,7 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CollectError + '_ {
 }
 
 /// The CSV columns, in order.
-pub const CSV_HEADER: &str = "job_id,run_id,url,status,label,score,error_kind,error_message,model,model_version,attempts,worker,completed_at,latency_ms,true_label";
+pub const CSV_HEADER: &str = "job_id,run_id,url,status,label,score,error_kind,error_message,model,model_version,attempts,worker,completed_at,latency_ms,true_label,image";
 
 /// The job ids already written, as the first 128 bits of SHA-256 of each id.
 /// A set of 32-character id strings costs ~70 bytes per id, fingerprints
@@ -166,11 +172,16 @@ pub async fn run<Q: JobQueue>(queue: &Q, opts: &Options, progress: &Progress) ->
                 Ok(r) if seen.contains(&r.job_id) => summary.duplicates += 1,
                 Ok(r) => {
                     writeln!(jsonl, "{}", msg.body.trim_end()).map_err(io(&opts.jsonl))?;
+                    let multi = !r.images.is_empty();
+                    let rows = r.per_image();
                     if let Some((p, w)) = csv.as_mut() {
-                        writeln!(w, "{}", csv_row(&r)).map_err(io(p))?;
+                        for (i, row) in rows.iter().enumerate() {
+                            writeln!(w, "{}", csv_row(row, multi.then_some(i))).map_err(io(p))?;
+                        }
                     }
                     seen.insert(&r.job_id);
                     summary.written += 1;
+                    summary.images += rows.len() as u64;
                 }
                 Err(_) => {
                     let w = match rejects.as_mut() {
@@ -209,8 +220,10 @@ fn sync(w: &mut BufWriter<File>, path: &Path) -> Result<(), CollectError> {
     w.get_ref().sync_data().map_err(io(path))
 }
 
-/// One CSV row for a result (RFC 4180 quoting where needed).
-pub fn csv_row(r: &ResultMessage) -> String {
+/// One CSV row for a one-image result, or for image `image` of a `v: 2`
+/// result flattened by [`ResultMessage::per_image`] (RFC 4180 quoting where
+/// needed).
+pub fn csv_row(r: &ResultMessage, image: Option<usize>) -> String {
     let top = r.top();
     let err = r.error.as_ref();
     let true_label = r.attrs.as_ref().and_then(|a| a.get("label")).map(|v| match v {
@@ -236,6 +249,7 @@ pub fn csv_row(r: &ResultMessage) -> String {
         r.completed_at.clone(),
         r.latency_ms.map(|l| l.to_string()).unwrap_or_default(),
         true_label.unwrap_or_default(),
+        image.map(|i| i.to_string()).unwrap_or_default(),
     ];
     fields.iter().map(|f| quote(f)).collect::<Vec<_>>().join(",")
 }
@@ -316,6 +330,42 @@ mod tests {
         let q2 = Queue { batches: Mutex::new(vec![vec![msg(6, result("a"))]]), deleted: Mutex::new(vec![]) };
         let s2 = run(&q2, &opts, &Progress::quiet()).await.expect("collect again");
         assert_eq!((s2.written, s2.duplicates, s2.deleted), (0, 1, 1));
+        std::fs::remove_dir_all(&dir).expect("cleanup");
+    }
+
+    #[tokio::test]
+    async fn a_multi_image_result_is_one_jsonl_line_and_one_csv_row_per_image() {
+        let dir = std::env::temp_dir().join(format!("sf-collect-multi-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let opts = Options {
+            jsonl: dir.join("r.jsonl"),
+            csv: Some(dir.join("r.csv")),
+            rejects: dir.join("rejects.txt"),
+            idle_polls: 1,
+            wait: Duration::ZERO,
+            max_results: None,
+        };
+        let multi = r#"{"v":2,"job_id":"m","run_id":"r","status":"ok","model":{"name":"digits","version":"sha256:x"},"images":[{"url":"s3://b/1","status":"ok","top_k":[{"label":"1","score":0.5}],"attrs":{"label":"1"}},{"url":"s3://b/2","status":"error","error":{"kind":"fetch_not_found","message":"no such key"}}],"attempts":1,"worker":"w","completed_at":"t"}"#;
+        let q = Queue {
+            batches: Mutex::new(vec![vec![msg(1, multi.into()), msg(2, multi.into())]]),
+            deleted: Mutex::new(vec![]),
+        };
+        let s = run(&q, &opts, &Progress::quiet()).await.expect("collect");
+        assert_eq!((s.received, s.written, s.images, s.duplicates, s.deleted), (2, 1, 2, 1, 2));
+        assert_eq!(std::fs::read_to_string(&opts.jsonl).expect("jsonl").lines().count(), 1);
+        let csv = std::fs::read_to_string(dir.join("r.csv")).expect("csv");
+        let rows: Vec<&str> = csv.lines().skip(1).collect();
+        assert_eq!(rows.len(), 2);
+        assert!(
+            rows[0].starts_with("m,r,s3://b/1,ok,1,0.500000,,,digits,") && rows[0].ends_with(",1,0"),
+            "{}",
+            rows[0]
+        );
+        assert!(
+            rows[1].starts_with("m,r,s3://b/2,error,,,fetch_not_found,no such key,,,") && rows[1].ends_with(",,1"),
+            "{}",
+            rows[1]
+        );
         std::fs::remove_dir_all(&dir).expect("cleanup");
     }
 

@@ -1,10 +1,15 @@
 //! Turning source entries into job messages and sending them, 10 per
 //! SendMessageBatch, with bounded concurrency, an optional rate limit and
 //! retries.
+//!
+//! With `images_per_job` above 1, consecutive entries are packed into jobs
+//! of several images (`v: 2`): up to that many each, fewer where the body
+//! would pass the worker's [`MAX_BODY_BYTES`] (long URLs, large `attrs`).
 
 use crate::progress::Progress;
 use crate::source::{Item, LineError};
 use scorefleet_aws::{Backoff, retry};
+use scorefleet_core::job::{Image, JobMessage, MAX_BODY_BYTES, MAX_IMAGES_PER_JOB};
 use scorefleet_core::traits::{MessageSink, ServiceError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,6 +38,9 @@ pub struct Options {
     pub concurrency: usize,
     /// Messages per second at most, if set.
     pub rate: Option<f64>,
+    /// Images packed into one job (1: one-image `v: 1` jobs); at most
+    /// [`MAX_IMAGES_PER_JOB`].
+    pub images_per_job: usize,
 }
 
 /// What a run did.
@@ -40,8 +48,11 @@ pub struct Options {
 pub struct Summary {
     /// The run id used.
     pub run_id: String,
-    /// Messages accepted by the queue (or, in a dry run, that would be sent).
+    /// Messages (jobs) accepted by the queue (or, in a dry run, that would
+    /// be sent).
     pub enqueued: u64,
+    /// Images in those messages.
+    pub images: u64,
     /// Bad lines skipped (each reported with its line number).
     pub skipped: u64,
     /// Messages the queue refused after retries.
@@ -66,7 +77,49 @@ impl Summary {
 #[derive(Default)]
 struct Counters {
     enqueued: AtomicU64,
+    images: AtomicU64,
     failed: AtomicU64,
+}
+
+/// A message body and the images it carries.
+type Body = (String, u64);
+
+/// Consecutive images waiting to become one job.
+struct Pack {
+    run_id: String,
+    per_job: usize,
+    images: Vec<(u64, Image)>,
+}
+
+impl Pack {
+    /// Adds an image; returns the jobs it completes (usually none, or one).
+    fn push(&mut self, line: u64, image: Image) -> Vec<Body> {
+        self.images.push((line, image));
+        if self.images.len() < self.per_job { Vec::new() } else { self.drain(false) }
+    }
+
+    /// Builds jobs from what waits: whole jobs, or with `all` the remainder
+    /// too. A job whose body would pass [`MAX_BODY_BYTES`] gives up its
+    /// last images to the next one.
+    fn drain(&mut self, all: bool) -> Vec<Body> {
+        let mut out = Vec::new();
+        while self.images.len() >= self.per_job || (all && !self.images.is_empty()) {
+            let mut n = self.images.len().min(self.per_job);
+            loop {
+                let images: Vec<Image> = self.images[..n].iter().map(|(_, i)| i.clone()).collect();
+                // Every image was validated and the run id is the run's: the
+                // only refusal left is a bad count, ruled out by `n`.
+                let body = JobMessage::multi(&self.run_id, images, None).map(|j| j.to_json()).unwrap_or_default();
+                if body.len() <= MAX_BODY_BYTES || n == 1 {
+                    out.push((body, n as u64));
+                    break;
+                }
+                n -= 1;
+            }
+            self.images.drain(..n);
+        }
+        out
+    }
 }
 
 /// Reads every item from `items`, sends the valid ones, and summarises.
@@ -81,8 +134,10 @@ pub async fn run<S: MessageSink>(
     let permits = Arc::new(Semaphore::new(opts.concurrency.max(1)));
     let mut tasks = JoinSet::new();
     let mut summary = Summary { run_id: opts.run_id.clone(), dry_run: opts.dry_run, ..Summary::default() };
-    let mut chunk: Vec<String> = Vec::with_capacity(BATCH);
+    let mut chunk: Vec<Body> = Vec::with_capacity(BATCH);
     let mut built: u64 = 0;
+    let per_job = opts.images_per_job.clamp(1, MAX_IMAGES_PER_JOB);
+    let mut pack = Pack { run_id: opts.run_id.clone(), per_job, images: Vec::with_capacity(per_job) };
 
     let record_bad = |summary: &mut Summary, e: LineError| {
         summary.skipped += 1;
@@ -93,9 +148,13 @@ pub async fn run<S: MessageSink>(
     };
 
     while let Some(item) = items.recv().await {
-        let job = item.and_then(|entry| entry.into_job(&opts.run_id));
-        let body = match job {
-            Ok(job) => job.to_json(),
+        let bodies = if per_job == 1 {
+            item.and_then(|entry| entry.into_job(&opts.run_id)).map(|job| vec![(job.to_json(), 1)])
+        } else {
+            item.and_then(|entry| Ok((entry.line, entry.into_image()?))).map(|(line, image)| pack.push(line, image))
+        };
+        let bodies = match bodies {
+            Ok(bodies) => bodies,
             Err(e) => {
                 if opts.strict {
                     summary.aborted = Some(e.to_string());
@@ -106,11 +165,13 @@ pub async fn run<S: MessageSink>(
                 continue;
             }
         };
-        built += 1;
-        chunk.push(body);
-        if chunk.len() == BATCH {
-            pace(opts.rate, built, started).await;
-            dispatch(&sink, std::mem::take(&mut chunk), opts.dry_run, &permits, &counters, &mut tasks).await;
+        for body in bodies {
+            built += 1;
+            chunk.push(body);
+            if chunk.len() == BATCH {
+                pace(opts.rate, built, started).await;
+                dispatch(&sink, std::mem::take(&mut chunk), opts.dry_run, &permits, &counters, &mut tasks).await;
+            }
         }
         progress.set(
             counters.enqueued.load(Ordering::Relaxed),
@@ -120,11 +181,22 @@ pub async fn run<S: MessageSink>(
         // Reap finished sends so the JoinSet stays small.
         while tasks.try_join_next().is_some() {}
     }
+    if summary.aborted.is_none() {
+        for body in pack.drain(true) {
+            built += 1;
+            chunk.push(body);
+            if chunk.len() == BATCH {
+                pace(opts.rate, built, started).await;
+                dispatch(&sink, std::mem::take(&mut chunk), opts.dry_run, &permits, &counters, &mut tasks).await;
+            }
+        }
+    }
     if !chunk.is_empty() && summary.aborted.is_none() {
         dispatch(&sink, chunk, opts.dry_run, &permits, &counters, &mut tasks).await;
     }
     while tasks.join_next().await.is_some() {}
     summary.enqueued = counters.enqueued.load(Ordering::Relaxed);
+    summary.images = counters.images.load(Ordering::Relaxed);
     summary.failed = counters.failed.load(Ordering::Relaxed);
     summary.elapsed_s = started.elapsed().as_secs_f64();
     progress.set(summary.enqueued, summary.skipped, summary.failed);
@@ -143,14 +215,17 @@ async fn pace(rate: Option<f64>, sent: u64, started: Instant) {
 
 async fn dispatch<S: MessageSink>(
     sink: &Arc<S>,
-    bodies: Vec<String>,
+    chunk: Vec<Body>,
     dry_run: bool,
     permits: &Arc<Semaphore>,
     counters: &Arc<Counters>,
     tasks: &mut JoinSet<()>,
 ) {
+    let (bodies, images): (Vec<String>, Vec<u64>) = chunk.into_iter().unzip();
+    let all_images: u64 = images.iter().sum();
     if dry_run {
         counters.enqueued.fetch_add(bodies.len() as u64, Ordering::Relaxed);
+        counters.images.fetch_add(all_images, Ordering::Relaxed);
         return;
     }
     // Waiting for a permit here is the backpressure that keeps memory flat:
@@ -166,8 +241,10 @@ async fn dispatch<S: MessageSink>(
                 for f in &failed {
                     tracing::warn!(code = %f.code, message = %f.message, "message refused by the queue");
                 }
+                let refused: u64 = failed.iter().filter_map(|f| images.get(f.index)).sum();
                 counters.failed.fetch_add(failed.len() as u64, Ordering::Relaxed);
                 counters.enqueued.fetch_add(n - failed.len() as u64, Ordering::Relaxed);
+                counters.images.fetch_add(all_images - refused, Ordering::Relaxed);
             }
             Err(e) => {
                 tracing::error!(error = %e, "send failed after retries");
@@ -225,7 +302,7 @@ mod tests {
     }
 
     fn opts() -> Options {
-        Options { run_id: "r1".into(), strict: false, dry_run: false, concurrency: 4, rate: None }
+        Options { run_id: "r1".into(), strict: false, dry_run: false, concurrency: 4, rate: None, images_per_job: 1 }
     }
 
     async fn go(sink: Arc<Sink>, text: &str, opts: Options) -> Summary {
@@ -283,6 +360,41 @@ mod tests {
         let s = go(sink, &manifest(12), opts()).await;
         assert_eq!((s.enqueued, s.failed), (11, 1));
         assert!(s.is_failure());
+    }
+
+    #[tokio::test]
+    async fn images_are_packed_into_jobs_of_n_with_stable_ids_and_the_rest_in_a_last_job() {
+        let sink = Arc::new(Sink::default());
+        let s = go(sink.clone(), &manifest(25), Options { images_per_job: 10, ..opts() }).await;
+        assert_eq!((s.enqueued, s.images, s.skipped, s.failed), (3, 25, 0, 0));
+        let sent = sink.sent.lock().expect("lock").clone();
+        let jobs: Vec<JobMessage> = sent.iter().map(|b| JobMessage::parse(b).expect("valid")).collect();
+        assert_eq!(jobs.iter().map(|j| j.images.len()).collect::<Vec<_>>(), vec![10, 10, 5]);
+        assert!(jobs.iter().all(|j| j.multi));
+        let urls: Vec<String> = jobs.iter().flat_map(|j| j.images.iter().map(|i| i.url_raw.clone())).collect();
+        assert_eq!(urls, (0..25).map(|i| format!("s3://bkt/img-{i}.png")).collect::<Vec<_>>(), "order kept");
+        let again = Arc::new(Sink::default());
+        go(again.clone(), &manifest(25), Options { images_per_job: 10, ..opts() }).await;
+        let ids: Vec<_> = jobs.iter().map(|j| j.job_id.clone()).collect();
+        let ids2: Vec<_> =
+            again.sent.lock().expect("lock").iter().map(|b| JobMessage::parse(b).expect("valid").job_id).collect();
+        assert_eq!(ids, ids2, "re-running with the same N enqueues the same ids");
+    }
+
+    #[tokio::test]
+    async fn a_job_that_would_pass_the_body_limit_holds_fewer_images() {
+        // Each URL is ~2,000 bytes, so 40 of them (80 KB) cannot share a
+        // 64 KiB body: the packer cuts jobs where the next image would not fit.
+        let text: String = (0..40).map(|i| format!("https://example.com/{i:04}-{}\n", "k".repeat(1990))).collect();
+        let sink = Arc::new(Sink::default());
+        let s = go(sink.clone(), &text, Options { images_per_job: 40, ..opts() }).await;
+        assert_eq!((s.images, s.skipped, s.failed), (40, 0, 0));
+        let sent = sink.sent.lock().expect("lock").clone();
+        assert!(sent.len() >= 2, "{} jobs", sent.len());
+        assert!(sent.iter().all(|b| b.len() <= MAX_BODY_BYTES));
+        let sizes: Vec<usize> = sent.iter().map(|b| JobMessage::parse(b).expect("valid").images.len()).collect();
+        assert_eq!(sizes.iter().sum::<usize>(), 40);
+        assert!(sizes[0] > 1 && sizes[0] < 40, "{sizes:?}");
     }
 
     #[tokio::test]

@@ -187,6 +187,15 @@ struct EnqueueArgs {
     /// At most this many messages per second.
     #[arg(long, env = "SCOREFLEET_RATE")]
     rate: Option<f64>,
+    /// Pack up to this many consecutive images into one job (a `v: 2`
+    /// message, one outcome and one result carrying a result per image).
+    /// Fewer where the message would pass the 64 KiB body limit. The job id
+    /// derives from the run and the job's URLs in order, so a re-run is
+    /// skipped only with the same source order and the same value. 1: one
+    /// image per job, `v: 1` messages.
+    #[arg(long, env = "SCOREFLEET_IMAGES_PER_JOB", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=scorefleet_core::job::MAX_IMAGES_PER_JOB as i64))]
+    images_per_job: u16,
     /// Print the summary as one JSON object.
     #[arg(long)]
     json: bool,
@@ -410,8 +419,14 @@ async fn enqueue_cmd(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     };
 
     let sink = Arc::new(SqsQueue::new(aws.sqs(), args.queue_url.clone(), counters.clone()));
-    let opts =
-        Options { run_id, strict: args.strict, dry_run: args.dry_run, concurrency: args.concurrency, rate: args.rate };
+    let opts = Options {
+        run_id,
+        strict: args.strict,
+        dry_run: args.dry_run,
+        concurrency: args.concurrency,
+        rate: args.rate,
+        images_per_job: usize::from(args.images_per_job),
+    };
     let progress = Progress::auto();
     let summary = enqueue::run(sink, rx, &opts, &progress).await;
     progress.finish();
@@ -439,8 +454,10 @@ async fn enqueue_cmd(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     if args.json {
         println!("{}", serde_json::to_string(&summary)?);
     } else {
+        let images =
+            if summary.images == summary.enqueued { String::new() } else { format!(" ({} images)", summary.images) };
         println!(
-            "run {}: enqueued {}, skipped {}, failed {}{} in {:.1}s",
+            "run {}: enqueued {}{images}, skipped {}, failed {}{} in {:.1}s",
             summary.run_id,
             summary.enqueued,
             summary.skipped,

@@ -28,7 +28,8 @@ pub type Example = (f32, String, String);
 /// Everything the report shows, computed once from the results.
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct Stats {
-    /// Results read.
+    /// Images answered: one per `v: 1` result, one per image of a `v: 2`
+    /// result (every figure below counts images the same way).
     pub jobs: u64,
     /// `status: ok`.
     pub succeeded: u64,
@@ -204,7 +205,9 @@ pub fn stats_with_progress<R: BufRead>(mut reader: R, progress: &Progress) -> st
             s.unreadable_lines += 1;
             continue;
         };
-        add(&mut s, &mut times, r);
+        for row in r.per_image() {
+            add(&mut s, &mut times, row);
+        }
     }
     if let Some(t) = &times {
         s.span_s = t.last - t.first;
@@ -588,6 +591,17 @@ mod tests {
                 r#"{{"v":1,"job_id":"{id}","run_id":"r","url":"s3://b/{id}","status":"error","error":{{"kind":"{label}","message":"m <b>"}},"attempts":1,"worker":"w","completed_at":"{t}"}}"#
             )
         }
+    }
+
+    #[test]
+    fn a_multi_image_result_counts_each_image() {
+        let multi = r#"{"v":2,"job_id":"m","run_id":"r","status":"ok","model":{"name":"d","version":"v"},"images":[{"url":"s3://b/1","status":"ok","top_k":[{"label":"1","score":0.9}],"attrs":{"label":"1"}},{"url":"s3://b/2","status":"ok","top_k":[{"label":"3","score":0.6}],"attrs":{"label":"2"}},{"url":"s3://b/3","status":"error","error":{"kind":"decode","message":"bad"}}],"attempts":1,"worker":"w","completed_at":"2026-12-01T00:00:00Z","latency_ms":5}"#;
+        let text = format!("{multi}\n{}\n", line("single", "ok", "1", 0.8, "1", "2026-12-01T00:00:01Z", 3));
+        let s = stats(std::io::Cursor::new(text)).expect("stats");
+        assert_eq!((s.jobs, s.succeeded, s.failed, s.labelled, s.correct), (4, 3, 1, 3, 2));
+        assert_eq!(s.errors_by_kind.get("decode"), Some(&1));
+        assert_eq!(s.failures[0].3, "s3://b/3", "the failed image is named by its own url");
+        assert_eq!(s.misclassified.get(&("2".to_owned(), "3".to_owned())).map(Vec::len), Some(1));
     }
 
     #[test]

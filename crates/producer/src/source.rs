@@ -6,7 +6,7 @@
 //! comes out as a [`LineError`] with its line number, and the caller decides
 //! (skip and count it, or stop under `--strict`).
 
-use scorefleet_core::job::{JobId, JobMessage};
+use scorefleet_core::job::{Image, JobId, JobMessage};
 use serde_json::{Map, Value};
 use std::io::BufRead;
 
@@ -35,6 +35,24 @@ impl Entry {
             Some(a) => job.with_attrs(a).map_err(err),
             None => Ok(job),
         }
+    }
+}
+
+impl Entry {
+    /// The image this entry becomes in a job of several images; a URL or
+    /// `attrs` the worker would refuse, or an explicit job id (a job of
+    /// several images takes its id from all of them), is a [`LineError`].
+    pub fn into_image(self) -> Result<Image, LineError> {
+        let line = self.line;
+        if self.job_id.is_some() {
+            return Err(LineError {
+                line,
+                message:
+                    "a row's job_id cannot be used with --images-per-job above 1 (the job's id derives from its images)"
+                        .into(),
+            });
+        }
+        Image::new(&self.url, self.attrs).map_err(|e| LineError { line, message: e.message })
     }
 }
 

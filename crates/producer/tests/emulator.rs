@@ -176,8 +176,49 @@ async fn stdin_jsonl_passes_job_ids_and_attrs_through() {
     let got = common::receive_n(&q, 2, Duration::from_secs(30)).await;
     let jobs: Vec<JobMessage> = got.iter().map(|m| JobMessage::parse(&m.body).expect("valid")).collect();
     let a = jobs.iter().find(|j| j.job_id.as_str() == "j-a").expect("explicit id kept");
-    assert_eq!(a.attrs.as_ref().and_then(|m| m.get("label")), Some(&serde_json::json!("3")));
+    assert_eq!(a.images[0].attrs.as_ref().and_then(|m| m.get("label")), Some(&serde_json::json!("3")));
     assert!(jobs.iter().all(|j| j.run_id == "r2"));
+    common::delete_queue(&cfg, q.url()).await;
+}
+
+#[tokio::test]
+async fn enqueue_packs_images_per_job_with_their_attrs_in_order() {
+    if common::skip() {
+        return;
+    }
+    let cfg = common::config().await;
+    let counters = common::counters();
+    let q = common::queue(&cfg, "prodmulti", Duration::from_secs(30), &counters).await;
+    let input: String =
+        (0..7).map(|i| format!("{{\"url\":\"s3://bkt-b/{i}.png\",\"attrs\":{{\"label\":\"{i}\"}}}}\n")).collect();
+    let args = [
+        "enqueue",
+        "--queue-url",
+        q.url(),
+        "--stdin",
+        "--format",
+        "jsonl",
+        "--run-id",
+        "r3",
+        "--images-per-job",
+        "3",
+        "--json",
+    ];
+    let out = producer(&args, Some(&input));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = summary(&out);
+    assert_eq!((s["enqueued"].as_u64(), s["images"].as_u64(), s["skipped"].as_u64()), (Some(3), Some(7), Some(0)));
+    let got = common::receive_n(&q, 3, Duration::from_secs(30)).await;
+    let mut jobs: Vec<JobMessage> = got.iter().map(|m| JobMessage::parse(&m.body).expect("valid")).collect();
+    jobs.sort_by_key(|j| j.images[0].url_raw.clone());
+    assert_eq!(jobs.iter().map(|j| j.images.len()).collect::<Vec<_>>(), [3, 3, 1]);
+    assert!(jobs.iter().all(|j| j.multi && j.run_id == "r3"));
+    let labels: Vec<String> = jobs
+        .iter()
+        .flat_map(|j| j.images.iter())
+        .map(|i| i.attrs.as_ref().and_then(|a| a.get("label")).and_then(|l| l.as_str()).unwrap_or("").to_owned())
+        .collect();
+    assert_eq!(labels, (0..7).map(|i| i.to_string()).collect::<Vec<_>>());
     common::delete_queue(&cfg, q.url()).await;
 }
 

@@ -1,6 +1,7 @@
 //! The async driver of the core batching policy
 //! ([`scorefleet_core::batch::Batcher`]): wakes at the policy's next deadline,
-//! pushes arriving images, and hands closed batches to the inference thread.
+//! pushes arriving jobs (each weighing its model inputs), and hands closed
+//! batches to the inference thread.
 //! On shutdown (input closed, or the stop token) whatever waits is flushed at
 //! once.
 
@@ -9,7 +10,12 @@ use crate::job::{Decoded, Job};
 use crate::metrics::{SharedMetrics, Stage};
 use crate::settings::Settings;
 use scorefleet_core::batch::Policy;
+use scorefleet_core::error::JobError;
 use scorefleet_core::traits::Chw;
+
+/// A job and what became of each of its images so far: a model input, or
+/// the error that stopped it.
+pub(crate) type Batched = (Job, Vec<Result<Chw, JobError>>);
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -29,18 +35,18 @@ pub(crate) async fn run(
     metrics: SharedMetrics,
     stop: CancellationToken,
     rx: mpsc::Receiver<Decoded>,
-    infer_tx: mpsc::Sender<Vec<(Job, Chw)>>,
+    infer_tx: mpsc::Sender<Vec<Batched>>,
 ) {
     let send = |batch: Vec<Decoded>| {
-        let batch: Vec<(Job, Chw)> = batch
+        let batch: Vec<Batched> = batch
             .into_iter()
             .map(|d| {
                 metrics.observe(Stage::Batch, d.ready.elapsed());
-                (d.job, d.chw)
+                (d.job, d.images)
             })
             .collect();
         let infer_tx = &infer_tx;
         async move { infer_tx.send(batch).await.is_ok() }
     };
-    drive(policy, &stop, rx, |d| d.job.lease_until_ms, send).await;
+    drive(policy, &stop, rx, Decoded::inputs, |d| d.job.lease_until_ms, send).await;
 }

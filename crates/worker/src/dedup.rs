@@ -296,8 +296,14 @@ fn start(
         held,
         job_id,
         run_id,
-        url: parsed.as_ref().map(|j| j.url_raw.clone()).unwrap_or_default(),
-        attrs: parsed.as_ref().and_then(|j| j.attrs.clone()),
+        url: parsed
+            .as_ref()
+            .filter(|j| !j.multi)
+            .and_then(|j| j.images.first())
+            .map(|i| i.url_raw.clone())
+            .unwrap_or_default(),
+        attrs: parsed.as_ref().filter(|j| !j.multi).and_then(|j| j.images.first()).and_then(|i| i.attrs.clone()),
+        multi: parsed.as_ref().is_some_and(|j| j.multi),
         parsed,
         receipt: m.receipt_handle,
         fence,

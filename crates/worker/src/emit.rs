@@ -34,6 +34,7 @@ pub(crate) async fn run<Q: JobQueue, S: MessageSink>(
         EMIT,
         &ctx.stop,
         rx,
+        |_| 1,
         |_| u64::MAX,
         |items| async move {
             flush(ctx, queue, sink, items).await;

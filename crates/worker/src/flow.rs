@@ -14,7 +14,7 @@ pub(crate) fn stream_from<T>(rx: mpsc::Receiver<T>) -> impl futures::Stream<Item
 }
 
 /// Drives a [`Batcher`] over a channel until it closes: each item is pushed
-/// with its lease deadline, and every batch the policy closes (full, waited
+/// with its weight and lease deadline, and every batch the policy closes (full, waited
 /// long enough, a lease near) is handed to `out`. `stop` flushes what waits
 /// at once. Returns when the input closes (after a last flush) or `out`
 /// refuses a batch.
@@ -22,6 +22,7 @@ pub(crate) async fn drive<T, Fut>(
     policy: Policy,
     stop: &CancellationToken,
     mut rx: mpsc::Receiver<T>,
+    weight: impl Fn(&T) -> usize,
     deadline: impl Fn(&T) -> u64,
     mut out: impl FnMut(Vec<T>) -> Fut,
 ) where
@@ -39,8 +40,8 @@ pub(crate) async fn drive<T, Fut>(
         let ready = tokio::select! {
             item = rx.recv() => match item {
                 Some(item) => {
-                    let lease = deadline(&item);
-                    batcher.push(item, lease, now_ms())
+                    let (w, lease) = (weight(&item), deadline(&item));
+                    batcher.push_weighted(item, w, lease, now_ms())
                 }
                 None => {
                     if let Some(b) = batcher.flush() {

@@ -1,7 +1,8 @@
 //! Inference: one dedicated OS thread owns the [`Predictor`] and is fed by a
 //! bounded channel of batches, so `forward` never blocks the async runtime.
-//! If a whole batch fails, each image is retried alone, so one bad input fails
-//! only its own job.
+//! A batch is every model input of its jobs (a job of several images brings
+//! each image that decoded). If a whole batch fails, each image is retried
+//! alone, so one bad input fails only its own image.
 //!
 //! The thread is watched by the pipeline's supervisor: a panic in the model
 //! stops the worker (see [`crate::supervise`]).
@@ -12,12 +13,12 @@
 //! spinning between threads, which in the worker cost more CPU than the
 //! digits model itself. More threads parallelise each batch.
 
+use crate::batch::Batched;
 use crate::ctx::Ctx;
 use crate::job::{Job, Outcome};
 use crate::metrics::{SharedMetrics, Stage};
 use scorefleet_core::error::{ErrorKind, JobError};
-use scorefleet_core::lease::Terminal;
-use scorefleet_core::result::{ModelRef, ResultStatus, Scored};
+use scorefleet_core::result::{ModelRef, Scored};
 use scorefleet_core::traits::{Chw, Predictor};
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -58,20 +59,36 @@ pub(crate) fn thread() -> std::thread::Builder {
 pub(crate) fn run<M: Predictor>(
     s: Scoring,
     mut predictor: M,
-    mut rx: mpsc::Receiver<Vec<(Job, Chw)>>,
+    mut rx: mpsc::Receiver<Vec<Batched>>,
     record_tx: mpsc::Sender<Outcome>,
 ) {
     let k = s.top_k;
     while let Some(batch) = rx.blocking_recv() {
-        let (jobs, inputs): (Vec<Job>, Vec<Chw>) = batch.into_iter().unzip();
+        // Every job's model inputs, in order, and per job its images with the
+        // inputs taken out (`None`: its score is the next prediction).
+        let mut inputs: Vec<Chw> = Vec::new();
+        let mut jobs: Vec<(Job, Vec<Option<JobError>>)> = Vec::with_capacity(batch.len());
+        for (job, images) in batch {
+            let slots = images
+                .into_iter()
+                .map(|i| match i {
+                    Ok(chw) => {
+                        inputs.push(chw);
+                        None
+                    }
+                    Err(e) => Some(e),
+                })
+                .collect();
+            jobs.push((job, slots));
+        }
         // One span per batch, naming its jobs and runs, so a job's log lines
         // can be found from its id and a slow batch traced to its members.
-        let span = batch_span(&jobs);
+        let span = batch_span(jobs.iter().map(|(j, _)| j), inputs.len());
         let _entered = span.enter();
         let started = Instant::now();
-        let preds = predict(&mut predictor, &inputs, k);
+        let preds = if inputs.is_empty() { Ok(Vec::new()) } else { predict(&mut predictor, &inputs, k) };
         s.metrics.observe(Stage::Infer, started.elapsed());
-        s.metrics.batch(jobs.len());
+        s.metrics.batch(inputs.len());
         let preds: Vec<Result<Scored, JobError>> = match preds {
             Ok(rows) => rows.into_iter().map(Ok).collect(),
             Err(e) if inputs.len() > 1 => {
@@ -86,19 +103,18 @@ pub(crate) fn run<M: Predictor>(
             Err(e) => vec![Err(e)],
         };
         tracing::debug!(elapsed_ms = started.elapsed().as_millis() as u64, "batch scored");
-        for (job, pred) in jobs.into_iter().zip(preds) {
-            let outcome = match pred {
-                Ok(scored) => {
-                    let mut result = job.result(&s.worker_id, ResultStatus::Ok);
-                    result.model = Some(s.model.clone());
-                    result.top_k = scored.top_k;
-                    result.dims = scored.embedding.as_ref().map(Vec::len);
-                    result.embedding = scored.embedding;
-                    result.outputs = scored.outputs;
-                    Outcome { job, result, terminal: Terminal::Completed }
-                }
-                Err(e) => job.failed(&s.worker_id, e),
-            };
+        let mut preds = preds.into_iter();
+        for (job, slots) in jobs {
+            let images: Vec<Result<Scored, JobError>> = slots
+                .into_iter()
+                .map(|slot| match slot {
+                    Some(e) => Err(e),
+                    None => preds
+                        .next()
+                        .unwrap_or_else(|| Err(JobError::new(ErrorKind::Inference, "no prediction for this image"))),
+                })
+                .collect();
+            let outcome = job.finish(&s.worker_id, &s.model, images);
             if record_tx.blocking_send(outcome).is_err() {
                 return;
             }
@@ -106,13 +122,12 @@ pub(crate) fn run<M: Predictor>(
     }
 }
 
-/// The `batch` span: size, distinct run ids and every job id, comma-separated.
-fn batch_span(jobs: &[Job]) -> tracing::Span {
-    let mut runs: Vec<&str> = jobs.iter().map(|j| j.run_id.as_str()).collect();
+/// The `batch` span: images, distinct run ids and every job id, comma-separated.
+fn batch_span<'a>(jobs: impl Iterator<Item = &'a Job>, images: usize) -> tracing::Span {
+    let (mut runs, ids): (Vec<&str>, Vec<&str>) = jobs.map(|j| (j.run_id.as_str(), j.job_id.as_str())).unzip();
     runs.sort_unstable();
     runs.dedup();
-    let ids: Vec<&str> = jobs.iter().map(|j| j.job_id.as_str()).collect();
-    tracing::info_span!("batch", size = jobs.len(), run_id = %runs.join(","), job_ids = %ids.join(","))
+    tracing::info_span!("batch", size = images, run_id = %runs.join(","), job_ids = %ids.join(","))
 }
 
 /// One forward pass, with its output checked: a model that returns the wrong

@@ -60,6 +60,11 @@ pub struct Metrics {
     pub succeeded: AtomicU64,
     /// Jobs failed, by `ErrorKind::ALL` index.
     pub failed: [AtomicU64; ErrorKind::ALL.len()],
+    /// Images scored, over every recorded job (a job of several images
+    /// counts each).
+    pub images_scored: AtomicU64,
+    /// Images failed, over every recorded job.
+    pub images_failed: AtomicU64,
     /// Messages left for redrive (unparsable without an id, retries spent).
     pub left_for_redrive: AtomicU64,
     /// Images run through the model.
@@ -99,6 +104,19 @@ impl Metrics {
         if let Some(i) = ErrorKind::ALL.iter().position(|k| *k == kind) {
             self.failed[i].fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Counts one recorded image, scored or failed.
+    pub fn image(&self, scored: bool) {
+        let c = if scored { &self.images_scored } else { &self.images_failed };
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Recorded images per recorded job (1 before any is recorded).
+    pub fn images_per_job(&self) -> f64 {
+        let jobs = self.succeeded.load(Ordering::Relaxed) + self.failed_total();
+        let images = self.images_scored.load(Ordering::Relaxed) + self.images_failed.load(Ordering::Relaxed);
+        if jobs == 0 || images == 0 { 1.0 } else { images as f64 / jobs as f64 }
     }
 
     /// Records one model batch of `n` images.
@@ -159,6 +177,8 @@ impl Metrics {
             get(&self.adopted),
         );
         counter("jobs_succeeded_total", "Jobs scored.", get(&self.succeeded));
+        counter("images_scored_total", "Images scored, over recorded jobs.", get(&self.images_scored));
+        counter("images_failed_total", "Images failed, over recorded jobs.", get(&self.images_failed));
         counter("left_for_redrive_total", "Messages left to the queue's redrive policy.", get(&self.left_for_redrive));
         counter("inferences_total", "Images run through the model.", get(&self.inferences));
         counter(

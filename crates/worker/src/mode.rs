@@ -11,9 +11,9 @@
 //! - `auto`: the cheaper of the two for the model served, by this rule.
 //!   Finish-only saves a claim's write unit per job and spends half a read
 //!   unit on the lookup; its worst case is every job computed twice. So it is
-//!   chosen when one more computation of an image costs no more than the
-//!   write it saves, `cpu_s_per_image × vcpu_hour_usd / 3600 ≤ write_usd −
-//!   read_usd / 2`, at the prices of `--dedup-vcpu-hour-usd`,
+//!   chosen when one more computation of a job costs no more than the write
+//!   it saves, `cpu_s_per_image × images_per_job × vcpu_hour_usd / 3600 ≤
+//!   write_usd − read_usd / 2` (images per job as recorded so far), at the prices of `--dedup-vcpu-hour-usd`,
 //!   `--dedup-write-usd-per-million` and `--dedup-read-usd-per-million`
 //!   (defaults: $0.044625 per vCPU-hour, $0.625 and $0.125 per million units:
 //!   ≈ 45 ms of CPU per image). The CPU per image is measured, not guessed: the model's forward
@@ -118,11 +118,14 @@ impl Choice {
         let Some(Policy::Auto(prices)) = self.policy.get() else { return Mode::Claim };
         let start = self.cpu_at_start.get().copied().flatten();
         let Some(cpu_s) = measured_cpu_s_per_image(metrics, start) else { return Mode::FinishOnly };
-        let mode = prices.choose(cpu_s);
+        // A duplicate computation costs a whole job: all of its images.
+        let images_per_job = metrics.images_per_job();
+        let mode = prices.choose(cpu_s * images_per_job);
         if self.decided.compare_exchange(0, code(mode), Ordering::Relaxed, Ordering::Relaxed).is_ok() {
             tracing::info!(
                 mode = mode.as_str(),
                 cpu_ms_per_image = cpu_s * 1e3,
+                images_per_job,
                 break_even_ms = prices.break_even_cpu_s() * 1e3,
                 "dedup mode chosen from the measured CPU per image"
             );

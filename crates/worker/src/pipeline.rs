@@ -21,7 +21,7 @@ use crate::lease::Registry;
 use crate::metrics::SharedMetrics;
 use crate::settings::Settings;
 use crate::supervise::{Fault, Supervisor};
-use scorefleet_core::traits::{Chw, JobQueue, MessageSink, OutcomeStore, Predictor, Preprocessor};
+use scorefleet_core::traits::{JobQueue, MessageSink, OutcomeStore, Predictor, Preprocessor};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -67,7 +67,7 @@ where
     let (recv_tx, recv_rx) = mpsc::channel::<Delivery>(settings.receivers);
     let (fetch_tx, fetch_rx) = mpsc::channel::<Job>(depth);
     let (batch_tx, batch_rx) = mpsc::channel::<Decoded>(depth);
-    let (infer_tx, infer_rx) = mpsc::channel::<Vec<(Job, Chw)>>(2);
+    let (infer_tx, infer_rx) = mpsc::channel::<Vec<crate::batch::Batched>>(2);
     let (record_tx, record_rx) = mpsc::channel::<Outcome>(depth);
     let (emit_tx, emit_rx) = mpsc::channel::<Emit>(depth);
 

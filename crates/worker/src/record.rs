@@ -61,7 +61,9 @@ async fn record_one<Q: JobQueue, O: OutcomeStore>(ctx: &Ctx, claims: &Claims<Q, 
         job.held.settle();
         return None;
     }
-    if let Some(e) = result.error.as_ref().filter(|e| e.kind.retry() == Retry::Retryable) {
+    let retryable = |e: &&scorefleet_core::result::ErrorInfo| e.kind.retry() == Retry::Retryable;
+    let job_error = result.error.as_ref().filter(retryable);
+    if let Some(e) = job_error.or_else(|| result.images.iter().filter_map(|i| i.error.as_ref()).find(retryable)) {
         tracing::warn!(job_id = %job.job_id, kind = %e.kind, message = %e.message, "retryable failure; message left for redelivery");
         ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
         let delay = ctx.settings.backoff.delay(job.attempts);
@@ -168,6 +170,12 @@ fn recorded(
             0
         }
     };
+    if result.images.is_empty() {
+        ctx.metrics.image(result.error.is_none());
+    }
+    for image in &result.images {
+        ctx.metrics.image(image.error.is_none());
+    }
     Emit::Finished {
         held: job.held,
         job_id: job.job_id.to_string(),

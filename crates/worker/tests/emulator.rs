@@ -377,3 +377,86 @@ async fn a_lease_longer_than_the_queue_visibility_is_refused_at_start() {
     let (visible, in_flight) = s.depth(&s.res.input_queue_url).await;
     assert_eq!((visible, in_flight), (0, 0), "nothing was received");
 }
+
+/// Jobs of several images (`enqueue --images-per-job`), in finish-only mode:
+/// one result per job with one entry per image, a bad image failing only
+/// itself, a job of bad images failing as a whole, and a re-run of the same
+/// run skipped by the batched read (the stored results re-sent, nothing
+/// scored again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_of_several_images_answers_each_and_a_rerun_is_skipped() {
+    if common::skip() {
+        return;
+    }
+    use scorefleet_core::job::{Image, JobMessage};
+    let s = stack("multi", Duration::from_secs(30), 5).await;
+    let pngs = digits(6);
+    let labels = common::offline_labels(&pngs).await;
+    let b = s.res.bucket.clone();
+    for (i, png) in pngs.into_iter().enumerate() {
+        s.put(&format!("multi/{i}.png"), png).await;
+    }
+    s.put("multi/text.png", b"this is not a png".to_vec()).await;
+    let attrs = |i: usize| Some(serde_json::Map::from_iter([("i".to_owned(), serde_json::json!(i))]));
+    let image = |key: &str, i: usize| Image::new(&format!("s3://{b}/{key}"), attrs(i)).expect("image");
+    // Job 1: six digits with a non-image and a missing key among them.
+    let mut keys: Vec<String> = (0..6).map(|i| format!("multi/{i}.png")).collect();
+    keys.insert(2, "multi/text.png".into());
+    keys.insert(5, "multi/missing.png".into());
+    let mixed =
+        JobMessage::multi(&s.run_id, keys.iter().enumerate().map(|(i, k)| image(k, i)).collect(), None).expect("job");
+    // Job 2: nothing to score.
+    let broken =
+        JobMessage::multi(&s.run_id, vec![image("multi/text.png", 0), image("multi/missing-too.png", 1)], None)
+            .expect("job");
+    let bodies = vec![mixed.to_json(), broken.to_json()];
+    s.enqueue(&bodies).await;
+    let w = spawn_worker(&s, "w-multi", &["--lease-seconds", "30", "--dedup", "finish-only", "--retries", "1"]);
+    let results = s.results(2, Duration::from_secs(120)).await;
+    let by_id: HashMap<&str, _> = results.iter().map(|r| (r.job_id.as_str(), r)).collect();
+
+    let r = by_id[mixed.job_id.as_str()];
+    assert_eq!((r.v, r.status), (2, ResultStatus::Ok), "{:?}", r.error);
+    assert_eq!(r.model.as_ref().map(|m| m.name.as_str()), Some("digits"));
+    assert_eq!(r.images.len(), 8, "one entry per image");
+    let mut digit = 0;
+    for (i, (entry, key)) in r.images.iter().zip(&keys).enumerate() {
+        assert_eq!(entry.url, format!("s3://{b}/{key}"), "image {i} in the job's order");
+        assert_eq!(entry.attrs, attrs(i), "image {i}'s attrs passed through");
+        match key.as_str() {
+            "multi/text.png" => assert_eq!(entry.error.as_ref().map(|e| e.kind), Some(ErrorKind::Decode)),
+            "multi/missing.png" => assert_eq!(entry.error.as_ref().map(|e| e.kind), Some(ErrorKind::FetchNotFound)),
+            _ => {
+                assert_eq!(entry.status, ResultStatus::Ok, "image {i}: {:?}", entry.error);
+                assert_eq!(entry.top_k.first().map(|p| &p.label), Some(&labels[digit]), "image {i}");
+                digit += 1;
+            }
+        }
+    }
+    let r = by_id[broken.job_id.as_str()];
+    assert_eq!((r.v, r.status), (2, ResultStatus::Error));
+    assert_eq!(r.error.as_ref().map(|e| e.kind), Some(ErrorKind::Decode), "the first image's kind");
+    assert_eq!(
+        r.images.iter().filter_map(|i| i.error.as_ref().map(|e| e.kind)).collect::<Vec<_>>(),
+        [ErrorKind::Decode, ErrorKind::FetchNotFound]
+    );
+    let outcomes = s.outcomes(&[mixed.job_id.clone(), broken.job_id.clone()]).await;
+    assert_eq!(outcomes.get(&mixed.job_id).map(|o| o.status), Some(Status::Completed));
+    assert_eq!(outcomes.get(&broken.job_id).map(|o| o.status), Some(Status::Failed));
+    assert_eq!(w.metric("scorefleet_inferences_total ").await, 6, "six digits scored");
+    assert_eq!(w.metric("scorefleet_images_scored_total ").await, 6);
+    assert_eq!(w.metric("scorefleet_images_failed_total ").await, 4);
+
+    // The same run again: both jobs are found by the batched read and
+    // answered from the table.
+    let lookups = w.metric("scorefleet_dedup_lookups_total ").await;
+    s.enqueue(&bodies).await;
+    let again = s.results(2, Duration::from_secs(120)).await;
+    for r in &again {
+        let first = by_id[r.job_id.as_str()];
+        assert_eq!((r.images.len(), &r.completed_at), (first.images.len(), &first.completed_at), "the stored result");
+    }
+    assert!(w.metric("scorefleet_duplicates_skipped_total ").await >= 2);
+    assert!(w.metric("scorefleet_dedup_lookups_total ").await >= lookups + 2, "looked up in one batched read");
+    assert_eq!(w.metric("scorefleet_inferences_total ").await, 6, "nothing scored again");
+}

@@ -1,7 +1,8 @@
-//! The fetch stage: up to M jobs fetched at once, each then decoded on the
-//! blocking pool ([`crate::decode`]). Transient failures retry with backoff;
-//! when the retry budget is spent the claim is released and the message left
-//! for redelivery (and, if it keeps failing, the DLQ). After shutdown begins,
+//! The fetch stage: up to M jobs fetched at once, each image then decoded on
+//! the blocking pool ([`crate::decode`]). A permanent failure fails only its
+//! image. Transient failures retry with backoff; when the retry budget is
+//! spent on any image the claim is released and the message left for
+//! redelivery (and, if it keeps failing, the DLQ). After shutdown begins,
 //! jobs not yet fetched are not started: their claims are released and their
 //! messages returned at once.
 
@@ -12,11 +13,17 @@ use crate::job::{Decoded, Job, Outcome};
 use crate::metrics::Stage;
 use scorefleet_aws::{Backoff, retry};
 use scorefleet_core::error::{ErrorKind, JobError, Retry};
-use scorefleet_core::traits::{JobQueue, OutcomeStore, Preprocessor};
+use scorefleet_core::job::JobUrl;
+use scorefleet_core::result::Scored;
+use scorefleet_core::traits::{Chw, JobQueue, OutcomeStore, Preprocessor};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
+
+/// Images of one job fetched at once (its jobs' images are what
+/// `--fetchers` bounds, times this).
+const IMAGES_AT_ONCE: usize = 4;
 
 /// Fetches and decodes up to `fetchers` jobs at once, handing each on as it
 /// completes (completion order, not arrival order).
@@ -85,7 +92,7 @@ where
         job.held.settle();
         return Fetched::Dropped;
     }
-    let Some(url) = job.parsed.as_ref().map(|j| j.url.clone()) else {
+    let Some(urls) = job.parsed.as_ref().map(|j| j.images.iter().map(|i| i.url.clone()).collect::<Vec<_>>()) else {
         // Dedup sends a job without a parsed URL to record, never here.
         let e = JobError::new(ErrorKind::Internal, "job without a parsed url reached fetch");
         tracing::warn!(job_id = %job.job_id, error = %e, "message left for redelivery");
@@ -93,6 +100,41 @@ where
         job.hand_back(&*claims.queue, &*claims.store, Duration::ZERO).await;
         return Fetched::Dropped;
     };
+    let mut images: Vec<Result<Chw, JobError>> = Vec::with_capacity(urls.len());
+    for chunk in urls.chunks(IMAGES_AT_ONCE) {
+        let mut fetches = Vec::with_capacity(chunk.len());
+        for url in chunk {
+            fetches.push(fetch_image(ctx, fetcher, preprocessor, &job, url));
+        }
+        images.extend(futures::future::join_all(fetches).await);
+    }
+    if images.iter().any(|i| i.as_ref().is_err_and(|e| e.retry() == Retry::Retryable)) {
+        // Retries spent: leave the message (no result, no delete) so the
+        // queue's redrive policy moves it to the DLQ if this keeps
+        // happening; come back after a backoff, not at once.
+        ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
+        let b = ctx.settings.backoff;
+        let delay = Backoff { base: b.base * 10, ..b }.delay(job.attempts);
+        job.hand_back(&*claims.queue, &*claims.store, delay).await;
+        return Fetched::Dropped;
+    }
+    if images.iter().all(Result::is_err) {
+        // Nothing to score: the job's outcome is its images' errors.
+        let errors = images.into_iter().map(|i| i.map(|_| Scored::default())).collect();
+        return Fetched::Failed(job.finish(&ctx.settings.worker_id, &ctx.model, errors));
+    }
+    Fetched::Ready(Decoded { job, images, ready: Instant::now() })
+}
+
+/// One image's bytes, fetched with retries and decoded: its model input, or
+/// its error (retryable when the retries were spent on a transient failure).
+async fn fetch_image<F: Fetcher, P: Preprocessor>(
+    ctx: &Ctx,
+    fetcher: &F,
+    preprocessor: &Arc<P>,
+    job: &Job,
+    url: &JobUrl,
+) -> Result<Chw, JobError> {
     let started = Instant::now();
     let retries = ctx.settings.retries;
     let fetched = retry(
@@ -100,31 +142,18 @@ where
         |e: &JobError, n| {
             let again = e.retry() == Retry::Retryable && n < retries;
             if again {
-                tracing::debug!(job_id = %job.job_id, error = %e, attempt = n, "fetch failed; retrying");
+                tracing::debug!(job_id = %job.job_id, %url, error = %e, attempt = n, "fetch failed; retrying");
             }
             again
         },
-        || fetcher.fetch(&url, ctx.settings.max_bytes),
+        || fetcher.fetch(url, ctx.settings.max_bytes),
     )
     .await;
-    let bytes = match fetched {
-        Ok(b) => b,
-        Err(e) if e.retry() == Retry::Retryable => {
-            // Retries spent: leave the message (no result, no delete) so
-            // the queue's redrive policy moves it to the DLQ if this keeps
-            // happening; come back after a backoff, not at once.
-            tracing::warn!(job_id = %job.job_id, error = %e, "transient failure persists; message left for redelivery");
-            ctx.metrics.left_for_redrive.fetch_add(1, Ordering::Relaxed);
-            let b = ctx.settings.backoff;
-            let delay = Backoff { base: b.base * 10, ..b }.delay(job.attempts);
-            job.hand_back(&*claims.queue, &*claims.store, delay).await;
-            return Fetched::Dropped;
+    let bytes = fetched.inspect_err(|e| {
+        if e.retry() == Retry::Retryable {
+            tracing::warn!(job_id = %job.job_id, %url, error = %e, "transient failure persists; message left for redelivery");
         }
-        Err(e) => return Fetched::Failed(job.failed(&ctx.settings.worker_id, e)),
-    };
+    })?;
     ctx.metrics.observe(Stage::Fetch, started.elapsed());
-    match crate::decode::decode(preprocessor, &ctx.metrics, bytes).await {
-        Ok(chw) => Fetched::Ready(Decoded { job, chw, ready: Instant::now() }),
-        Err(e) => Fetched::Failed(job.failed(&ctx.settings.worker_id, e)),
-    }
+    crate::decode::decode(preprocessor, &ctx.metrics, bytes).await
 }

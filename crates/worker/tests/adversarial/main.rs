@@ -228,7 +228,7 @@ async fn run(case: &Case, port: u16, fetchers: &Fetchers, pre: &ImagePreprocesso
                 Ok(job) => job,
                 Err(ran) => return ran,
             };
-            match fetchers[net].fetch(&job.url, FETCH_CAP).await {
+            match fetchers[net].fetch(&job.images[0].url, FETCH_CAP).await {
                 Ok(bytes) => decode(pre, &bytes),
                 Err(e) => (Fails(e.kind), None, e.message),
             }
