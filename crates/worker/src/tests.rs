@@ -575,6 +575,92 @@ async fn a_poisoned_registry_lock_stops_the_pipeline_with_a_fault() {
     assert!(h.stop.is_cancelled());
 }
 
+/// A job of several images (`v: 2`) over `keys`.
+fn multi(id: &str, keys: &[&str]) -> (String, String) {
+    let images: Vec<String> =
+        keys.iter().map(|k| format!(r#"{{"url":"s3://bkt/{k}","attrs":{{"k":"{k}"}}}}"#)).collect();
+    (id.to_owned(), format!(r#"{{"v":2,"job_id":"{id}","run_id":"r","images":[{}]}}"#, images.join(",")))
+}
+
+#[tokio::test]
+async fn a_job_of_several_images_answers_each_and_a_poison_image_fails_only_itself() {
+    // max_batch 4: the seven scorable images of these jobs go through the
+    // model in batches that mix jobs, and the poison one fails its batch.
+    let h = start(
+        vec![
+            multi("m1", &["a", "b", "p", "gone", "c"]),
+            multi("m2", &["d", "e", "f"]),
+            multi("m3", &["b", "gone"]),
+            job("one", "a"),
+        ],
+        vec![
+            ("a", Ok("digit:1")),
+            ("b", Ok("garbage")),
+            ("c", Ok("digit:3")),
+            ("d", Ok("digit:4")),
+            ("e", Ok("digit:5")),
+            ("f", Ok("digit:6")),
+            ("p", Ok("poison")),
+        ],
+        MemStore::default(),
+        None,
+        settings(),
+    );
+    until("every message deleted", || h.queue.undeleted().is_empty()).await;
+    let m1 = h.result("m1").expect("m1");
+    assert_eq!((m1.v, m1.status, m1.error.as_ref()), (2, ResultStatus::Ok, None));
+    let per_image: Vec<(String, Option<String>, Option<ErrorKind>)> = m1
+        .images
+        .iter()
+        .map(|i| (i.url.clone(), i.top_k.first().map(|p| p.label.clone()), i.error.as_ref().map(|e| e.kind)))
+        .collect();
+    assert_eq!(
+        per_image,
+        vec![
+            ("s3://bkt/a".into(), Some("1".into()), None),
+            ("s3://bkt/b".into(), None, Some(ErrorKind::Decode)),
+            ("s3://bkt/p".into(), None, Some(ErrorKind::Inference)),
+            ("s3://bkt/gone".into(), None, Some(ErrorKind::FetchNotFound)),
+            ("s3://bkt/c".into(), Some("3".into()), None),
+        ]
+    );
+    assert_eq!(m1.images[3].attrs.as_ref().and_then(|a| a.get("k")), Some(&serde_json::json!("gone")));
+    let m2 = h.result("m2").expect("m2");
+    let labels: Vec<_> = m2.images.iter().map(|i| i.top_k.first().map(|p| p.label.clone())).collect();
+    assert_eq!(labels, vec![Some("4".into()), Some("5".into()), Some("6".into())]);
+    let m3 = h.result("m3").expect("m3");
+    assert_eq!((m3.status, m3.error.as_ref().map(|e| e.kind)), (ResultStatus::Error, Some(ErrorKind::Decode)));
+    let one = h.result("one").expect("one");
+    assert_eq!((one.v, one.top().map(|p| p.label.as_str())), (1, Some("1")), "a v1 job keeps the v1 result");
+    for (j, status) in [("m1", Status::Completed), ("m2", Status::Completed), ("m3", Status::Failed)] {
+        assert_eq!(h.store.get_now(j).map(|r| r.status), Some(status), "{j}");
+    }
+    assert_eq!(h.sink.results().len(), 4, "one result per job");
+    assert_eq!(h.inferences.load(Ordering::Relaxed), 6, "a, c, d, e, f and the v1 job's a scored");
+    assert_eq!(h.metrics.images_scored.load(Ordering::Relaxed), 6);
+    assert_eq!(h.metrics.images_failed.load(Ordering::Relaxed), 5);
+    let (report, h) = h.stop().await;
+    assert!(report.drained);
+    assert_eq!(h.metrics.in_flight.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_retryable_error_on_one_image_returns_the_whole_job_for_redelivery() {
+    let h = start(
+        vec![multi("mi", &["a", "i"])],
+        vec![("a", Ok("digit:1")), ("i", Ok("digit:77"))],
+        MemStore::default(),
+        None,
+        settings(),
+    );
+    until("left for redelivery", || h.metrics.left_for_redrive.load(Ordering::Relaxed) >= 1).await;
+    let (_, h) = h.stop().await;
+    assert!(h.result("mi").is_none(), "no result while an image may still succeed");
+    assert!(!h.queue.deleted("mi"));
+    let rec = h.store.get_now("mi").expect("record");
+    assert_eq!((rec.status, rec.lease_until_ms), (Status::InProgress, 0), "claim released for the next try");
+}
+
 #[tokio::test]
 async fn an_internal_error_is_retryable_so_it_is_left_for_redelivery_not_recorded() {
     let h = start(vec![job("int", "i")], vec![("i", Ok("digit:77"))], MemStore::default(), None, settings());
