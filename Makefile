@@ -45,9 +45,10 @@ demo-ci: bins
 
 # bench/chaos, shortened for CI: 3,000 jobs, 3 debug-build workers, a kill -9
 # every second, a SIGTERM every 2 s, a 1 s network cut every 3 s, no
-# fault-free baseline; once per dedup mode (claim, finish-only). Exits
-# non-zero on any lost, doubly scored or stranded job, or when a run ended
-# before every kind of fault happened.
+# fault-free baseline; once per dedup mode (claim, finish-only), then once
+# more as 300 jobs of ten images each (finish-only). Exits non-zero on any
+# lost, doubly scored or stranded job, or when a run ended before every kind
+# of fault happened.
 CHAOS_TARGET_DIR = $(or $(CARGO_TARGET_DIR),target)
 chaos-ci: bins
 	for mode in claim finish-only; do \
@@ -55,6 +56,9 @@ chaos-ci: bins
 	        --cut-every 3 --cut-seconds 1 --no-baseline --require-faults --timeout 600 --dedup $$mode \
 	        --bin-dir $(CHAOS_TARGET_DIR)/debug --out out/chaos-ci-$$mode --json || exit 1; \
 	done
+	BENCH_NO_BUILD=1 bench/chaos --jobs 300 --images-per-job 10 --unique 300 --workers 3 --kill-every 1 --term-every 2 \
+	    --cut-every 3 --cut-seconds 1 --no-baseline --require-faults --timeout 600 --dedup finish-only \
+	    --bin-dir $(CHAOS_TARGET_DIR)/debug --out out/chaos-ci-multi --json
 
 # burn-wgpu as the only backend (so every model, test and worker runs on it;
 # the runner's CPU kernels stay off there): the light models, the ONNX-only

@@ -180,7 +180,7 @@ def run(args, bins, urls_for, name, chaos):
                                                      *([] if args.standard_results else ["--fifo-results"])])
     os.environ.update(env)
     urls = urls_for(env)
-    ids = enqueue(bins, env, args.out, name, args.jobs, urls)
+    ids = enqueue(bins, env, args.out, name, args.jobs, urls, args.images_per_job)
     proxy = CutProxy(os.environ["AWS_ENDPOINT_URL"]) if chaos else None
     worker_args = ["--lease-seconds", str(args.lease), "--drain-timeout-seconds", "10", "--wait-seconds", "2",
                    "--dedup", args.dedup]
@@ -292,6 +292,8 @@ def main():
     ap.add_argument("--json", action="store_true", help="print one JSON object only")
     ap.add_argument("--jobs", type=int, default=5000)
     ap.add_argument("--workers", type=int, default=3)
+    ap.add_argument("--images-per-job", type=int, default=1,
+                    help="jobs of several images (enqueue --images-per-job); lost/double/stranded count jobs")
     ap.add_argument("--unique", type=int, default=2000, help="distinct images uploaded (jobs reuse them)")
     ap.add_argument("--kill-every", type=float, default=2.0, help="seconds between kill -9s")
     ap.add_argument("--term-every", type=float, default=5.0, help="seconds between SIGTERMs")
@@ -334,6 +336,7 @@ def main():
     chaos = run(args, bins, urls_for, "chaos", chaos=True)
     summary = {"bench": "chaos", "emulator": os.environ.get("SCOREFLEET_EMULATOR", "ministack"),
                "date": time.strftime("%Y-%m-%d"), "workers": args.workers, "dedup": args.dedup,
+               "images_per_job": args.images_per_job,
                "output_queue": "standard" if args.standard_results else "fifo", **chaos}
     # duplicate_results <= crashes is the fleet's promise with a FIFO output
     # queue as SQS implements it; on an emulator whose deduplication forgets a

@@ -6,6 +6,7 @@ Every driver runs inside scripts/with-stack.sh, so AWS_ENDPOINT_URL and the
 region point at the local emulator.
 """
 import concurrent.futures
+import hashlib
 import json
 import os
 import re
@@ -120,17 +121,41 @@ def upload_digits(env, unique, key_prefix="bench"):
     return [f"s3://{bucket}/{key_prefix}/{i:05}.png" for i in range(count)]
 
 
-def enqueue(bins, env, out_dir, name, jobs, urls):
-    """Enqueues `jobs` jobs with the producer, explicit job ids `name-0000000`…
-    (so one image may appear in several jobs); returns the ids."""
+def multi_job_id(run_id, urls):
+    """The producer's default id of a job of several images (docs/protocol.md): SHA-256 over the run,
+    a NUL and each URL after its length (8 bytes, little-endian), first 128 bits in hex."""
+    h = hashlib.sha256(run_id.encode() + b"\0")
+    for u in urls:
+        h.update(len(u.encode()).to_bytes(8, "little") + u.encode())
+    return h.hexdigest()[:32]
+
+
+def enqueue(bins, env, out_dir, name, jobs, urls, images_per_job=1):
+    """Enqueues `jobs` jobs with the producer; returns the ids. One image per job: explicit job ids
+    `name-0000000`… (so one image may appear in several jobs). Several: `images_per_job` images a
+    job, ids derived by the producer (and here, to know them), each job's first two images chosen so
+    that no two jobs hold the same list."""
     manifest = os.path.join(out_dir, f"{name}.jsonl")
-    ids = [f"{name}-{i:07}" for i in range(jobs)]
+    run_id = f"{name}-{int(time.time())}"
+    n = len(urls)
     with open(manifest, "w") as f:
-        for i, job_id in enumerate(ids):
-            f.write(json.dumps({"url": urls[i % len(urls)], "job_id": job_id}) + "\n")
+        if images_per_job == 1:
+            ids = [f"{name}-{i:07}" for i in range(jobs)]
+            for i, job_id in enumerate(ids):
+                f.write(json.dumps({"url": urls[i % n], "job_id": job_id}) + "\n")
+        else:
+            assert jobs <= n * n, f"{jobs} jobs of distinct image lists need more than {n} images"
+            ids = []
+            for g in range(jobs):
+                group = [urls[g % n], urls[(g // n) % n]] + [urls[(g * 7 + k) % n] for k in range(2, images_per_job)]
+                group = group[:images_per_job]
+                ids.append(multi_job_id(run_id, group))
+                for u in group:
+                    f.write(json.dumps({"url": u}) + "\n")
+            assert len(set(ids)) == jobs
     out = subprocess.run(
         [f"{bins}/scorefleet-producer", "enqueue", "--manifest", manifest, "--format", "jsonl",
-         "--run-id", f"{name}-{int(time.time())}", "--json"],
+         "--run-id", run_id, "--images-per-job", str(images_per_job), "--json"],
         env=env, check=True, capture_output=True, text=True)
     report = json.loads(out.stdout.strip().splitlines()[-1])
     assert report["enqueued"] == jobs, f"enqueued {report['enqueued']} of {jobs}"
