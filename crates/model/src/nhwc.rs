@@ -443,6 +443,15 @@ fn conv_out_hw(
     })
 }
 
+/// A burn convolution's padding as [top, left, bottom, right]; `Same` is refused.
+fn explicit_pad(padding: &PaddingConfig2d) -> Result<[usize; 4], ModelError> {
+    match *padding {
+        PaddingConfig2d::Valid => Ok([0; 4]),
+        PaddingConfig2d::Explicit(top, left, bottom, right) => Ok([top, left, bottom, right]),
+        _ => Err(ModelError::Invalid("NHWC convolution: `Same` padding is not supported".into())),
+    }
+}
+
 /// Refuses a fused shortcut whose shape is not the output's (`dims`, NHWC).
 fn check_residual(residual: Option<&Activations>, dims: [usize; 4]) -> Result<(), ModelError> {
     match residual {
@@ -503,11 +512,7 @@ impl GemmConv {
         if conv.groups != 1 {
             return Err(unsupported("groups"));
         }
-        let pad = match conv.padding {
-            PaddingConfig2d::Valid => [0; 4],
-            PaddingConfig2d::Explicit(top, left, bottom, right) => [top, left, bottom, right],
-            _ => return Err(unsupported("`Same` padding")),
-        };
+        let pad = explicit_pad(&conv.padding)?;
         let w = conv.weight.val();
         let dims = w.dims();
         let bias = conv.bias.as_ref().map(|b| floats(b.val(), "convolution bias")).transpose()?;
@@ -698,6 +703,447 @@ impl GemmConv {
             for (i, o) in px.iter_mut().enumerate() {
                 *o = act.one(max(max(a[i], b[i]), max(cc[i], d[i])) + self.bias[i]);
             }
+        }
+    }
+}
+
+/// Output tile size of the Winograd kernels [`WinogradConv`] implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WinogradTile {
+    /// F(2×2, 3×3): 4×4 input tiles, 16 products per 4 outputs (2.25× fewer
+    /// multiplies than direct), rounding close to a direct convolution's.
+    F2,
+    /// F(4×4, 3×3): 6×6 input tiles, 36 products per 16 outputs (4× fewer),
+    /// with larger transform coefficients and so larger rounding error.
+    F4,
+}
+
+/// The three transform matrices of one Winograd F(m×m, 3×3), row-major:
+/// `Bᵀ` [t, t], `G` [t, 3], `Aᵀ` [m, t], t = m + 2 (Lavin & Gray, 2015).
+struct Transforms {
+    m: usize,
+    bt: &'static [f32],
+    g: &'static [f32],
+    at: &'static [f32],
+}
+
+#[rustfmt::skip]
+const F2: Transforms = Transforms {
+    m: 2,
+    bt: &[
+        1.0, 0.0, -1.0, 0.0,
+        0.0, 1.0, 1.0, 0.0,
+        0.0, -1.0, 1.0, 0.0,
+        0.0, 1.0, 0.0, -1.0,
+    ],
+    g: &[
+        1.0, 0.0, 0.0,
+        0.5, 0.5, 0.5,
+        0.5, -0.5, 0.5,
+        0.0, 0.0, 1.0,
+    ],
+    at: &[
+        1.0, 1.0, 1.0, 0.0,
+        0.0, 1.0, -1.0, -1.0,
+    ],
+};
+
+#[rustfmt::skip]
+const F4: Transforms = Transforms {
+    m: 4,
+    bt: &[
+        4.0, 0.0, -5.0, 0.0, 1.0, 0.0,
+        0.0, -4.0, -4.0, 1.0, 1.0, 0.0,
+        0.0, 4.0, -4.0, -1.0, 1.0, 0.0,
+        0.0, -2.0, -1.0, 2.0, 1.0, 0.0,
+        0.0, 2.0, -1.0, -2.0, 1.0, 0.0,
+        0.0, 4.0, 0.0, -5.0, 0.0, 1.0,
+    ],
+    g: &[
+        1.0 / 4.0, 0.0, 0.0,
+        -1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0,
+        -1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0,
+        1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0,
+        1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0,
+        0.0, 0.0, 1.0,
+    ],
+    at: &[
+        1.0, 1.0, 1.0, 1.0, 1.0, 0.0,
+        0.0, 1.0, -1.0, 2.0, -2.0, 0.0,
+        0.0, 1.0, 1.0, 4.0, 4.0, 0.0,
+        0.0, 1.0, -1.0, 8.0, -8.0, 1.0,
+    ],
+};
+
+impl WinogradTile {
+    fn transforms(self) -> &'static Transforms {
+        match self {
+            WinogradTile::F2 => &F2,
+            WinogradTile::F4 => &F4,
+        }
+    }
+
+    /// Outputs per tile side.
+    pub fn m(self) -> usize {
+        self.transforms().m
+    }
+}
+
+/// Transformed floats (input and GEMM output) per chunk of tiles (1 MB):
+/// a chunk's transforms and GEMMs stay in L2.
+const WINOGRAD_FLOATS: usize = 1 << 18;
+/// Fewest tiles per chunk (unless the layer has fewer): each of the t² GEMMs
+/// of a chunk packs a `[c_in, c_out]` weight matrix, so a chunk must be long
+/// enough to amortise that.
+const MIN_TILES: usize = 32;
+
+/// `dst += a · src`, element-wise (one vector multiply-add per lane).
+#[inline(always)]
+fn axpy(dst: &mut [f32], a: f32, src: &[f32]) {
+    dst.iter_mut().zip(src).for_each(|(d, s)| *d += a * s);
+}
+
+/// A 3×3, stride-1, undilated, ungrouped convolution as a Winograd
+/// F(m×m, 3×3) on NHWC activations: each m×m block of outputs is computed
+/// from its (m+2)×(m+2) input tile as `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`. The
+/// filters are transformed once at load into t² = (m+2)² matrices
+/// `[c_in, c_out]`; per chunk of tiles the input tiles are transformed into
+/// t² matrices `[tiles, c_in]`, multiplied by the filters' (t² GEMMs, the
+/// products summed over input channels inside each GEMM), and transformed back
+/// into the output with bias, shortcut, activation and optionally 2×2
+/// max-pooling fused. Chunks are whole rows of tiles, so each writes one
+/// contiguous range of output rows.
+#[derive(Debug, Clone)]
+pub struct WinogradConv {
+    /// [t², c_in, c_out]: `G g Gᵀ` per (input, output) channel pair, one
+    /// GEMM right-hand side per tile position.
+    weight: Vec<f32>,
+    /// [c_out]
+    bias: Vec<f32>,
+    c_in: usize,
+    c_out: usize,
+    tile: WinogradTile,
+    /// [top, left, bottom, right], used by [`WinogradConv::forward`].
+    pad: [usize; 4],
+}
+
+impl WinogradConv {
+    /// Whether this kernel computes a convolution of this geometry: 3×3,
+    /// stride 1, dilation 1 (groups are the caller's to check).
+    pub fn applies(kernel: [usize; 2], stride: [usize; 2], dilation: [usize; 2]) -> bool {
+        kernel == [3, 3] && stride == [1, 1] && dilation == [1, 1]
+    }
+
+    /// From ONNX/PyTorch-layout weights `[c_out, c_in, 3, 3]` (row-major) and
+    /// an optional bias; `pad` is [top, left, bottom, right].
+    pub fn new(
+        weight: &[f32],
+        [c_out, c_in, kh, kw]: [usize; 4],
+        bias: Option<&[f32]>,
+        pad: [usize; 4],
+        tile: WinogradTile,
+    ) -> Result<Self, ModelError> {
+        if [kh, kw] != [3, 3] {
+            return Err(ModelError::Invalid(format!("Winograd convolution of a {kh}×{kw} kernel (3×3 only)")));
+        }
+        if weight.len() != c_out * c_in * 9 || bias.is_some_and(|b| b.len() != c_out) {
+            return Err(ModelError::Invalid(format!("convolution weights do not match [{c_out}, {c_in}, 3, 3]")));
+        }
+        let tr = tile.transforms();
+        let t = tr.m + 2;
+        let mut laid = vec![0.0; t * t * c_in * c_out];
+        for (o, filter) in weight.chunks_exact(c_in * 9).enumerate() {
+            for (i, g) in filter.chunks_exact(9).enumerate() {
+                // G g: [t, 3]; (G g) Gᵀ: [t, t]. In f64: the weights are
+                // rounded once, not once per step.
+                let mut gg = [0.0f64; 18];
+                for r in 0..t {
+                    for c in 0..3 {
+                        gg[r * 3 + c] = (0..3).map(|k| tr.g[r * 3 + k] as f64 * g[k * 3 + c] as f64).sum();
+                    }
+                }
+                for r in 0..t {
+                    for s in 0..t {
+                        let v: f64 = (0..3).map(|k| gg[r * 3 + k] * tr.g[s * 3 + k] as f64).sum();
+                        laid[((r * t + s) * c_in + i) * c_out + o] = v as f32;
+                    }
+                }
+            }
+        }
+        Ok(Self { weight: laid, bias: bias.map_or_else(|| vec![0.0; c_out], <[f32]>::to_vec), c_in, c_out, tile, pad })
+    }
+
+    /// Lays out a burn convolution's weights for this kernel; refuses what it
+    /// does not compute (see [`WinogradConv::applies`]; groups, `Same` padding).
+    pub fn from_conv(conv: &Conv2d, tile: WinogradTile) -> Result<Self, ModelError> {
+        let [_, _, kh, kw] = conv.weight.dims();
+        if conv.groups != 1 || !Self::applies([kh, kw], conv.stride, conv.dilation) {
+            return Err(ModelError::Invalid("Winograd convolution: only 3×3, stride 1, dilation 1, group 1".into()));
+        }
+        let pad = explicit_pad(&conv.padding)?;
+        let w = conv.weight.val();
+        let dims = w.dims();
+        let bias = conv.bias.as_ref().map(|b| floats(b.val(), "convolution bias")).transpose()?;
+        Self::new(&floats(w, "convolution weight")?, dims, bias.as_deref(), pad, tile)
+    }
+
+    /// `[batch, h', w', c_out]` of the output for `x` with `pad`.
+    pub fn out_dims(&self, x: &Activations, pad: [usize; 4]) -> Result<[usize; 4], ModelError> {
+        let (oh, ow) = conv_out_hw((x.height, x.width), pad, [3, 3], [1, 1], [1, 1])?;
+        Ok([x.batch, oh, ow, self.c_out])
+    }
+
+    /// x: [batch, h, w, c_in] → [batch, h', w', c_out] (h'/2, w'/2 with `pool2`),
+    /// `epilogue(conv(x) + bias)`. `parallel`: use the rayon pool.
+    pub fn forward(&self, x: &Activations, epilogue: Epilogue<'_>, parallel: bool) -> Result<Activations, ModelError> {
+        self.forward_padded(x, self.pad, epilogue, parallel)
+    }
+
+    /// [`WinogradConv::forward`] with `pad` ([top, left, bottom, right])
+    /// instead of the padding given at construction.
+    pub fn forward_padded(
+        &self,
+        x: &Activations,
+        pad: [usize; 4],
+        epilogue: Epilogue<'_>,
+        parallel: bool,
+    ) -> Result<Activations, ModelError> {
+        if x.channels != self.c_in {
+            return Err(ModelError::Inference(format!("convolution takes {} channels, got {}", self.c_in, x.channels)));
+        }
+        if epilogue.pool2 && epilogue.residual.is_some() {
+            return Err(ModelError::Inference("a shortcut and 2×2 pooling together are not fused".into()));
+        }
+        let [_, oh, ow, _] = self.out_dims(x, pad)?;
+        let (ph, pw) = if epilogue.pool2 { (oh / 2, ow / 2) } else { (oh, ow) };
+        check_residual(epilogue.residual, [x.batch, ph, pw, self.c_out])?;
+        let m = self.tile.m();
+        let t = m + 2;
+        // Tiles per column and per row of an image; a tile row of an image
+        // writes output rows [ty·m', (ty+1)·m') ∩ [0, ph), m' = m (m/2 pooled).
+        let (th, tw) = (oh.div_ceil(m), ow.div_ceil(m));
+        let m_out = if epilogue.pool2 { m / 2 } else { m };
+        let tile_rows = x.batch * th;
+        let threads = if parallel { rayon::current_num_threads().max(1) } else { 1 };
+        let per_tile = t * t * (self.c_in + self.c_out);
+        let rows_per_chunk = (WINOGRAD_FLOATS / (per_tile * tw).max(1))
+            .max(MIN_TILES.div_ceil(tw.max(1)))
+            .min(tile_rows.div_ceil(threads))
+            .max(1);
+        let mut out = buffer(x.batch * ph * pw * self.c_out);
+        if out.is_empty() || tile_rows == 0 {
+            return Ok(Activations { data: out, batch: x.batch, height: ph, width: pw, channels: self.c_out });
+        }
+        // First output row (flattened over images) of tile row `r`.
+        let row_of = |r: usize| (r / th) * ph + ((r % th) * m_out).min(ph);
+        let mut chunks = Vec::with_capacity(tile_rows.div_ceil(rows_per_chunk));
+        let mut rest: &mut [f32] = &mut out;
+        for start in (0..tile_rows).step_by(rows_per_chunk) {
+            let end = (start + rows_per_chunk).min(tile_rows);
+            let len = (row_of(end) - row_of(start)) * pw * self.c_out;
+            let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            chunks.push((start..end, chunk));
+            rest = tail;
+        }
+        let geometry = Geometry { oh, ow, ph, pw, th, tw, pad, m_out };
+        let n_chunks = chunks.len();
+        if !parallel {
+            chunks.into_iter().for_each(|(r, dst)| self.chunk(x, r, dst, &geometry, epilogue, false));
+        } else if n_chunks < threads {
+            chunks.into_iter().for_each(|(r, dst)| self.chunk(x, r, dst, &geometry, epilogue, true));
+        } else {
+            chunks.into_par_iter().for_each(|(r, dst)| self.chunk(x, r, dst, &geometry, epilogue, false));
+        }
+        Ok(Activations { data: out, batch: x.batch, height: ph, width: pw, channels: self.c_out })
+    }
+
+    /// Tile rows `rows` (flattened `(image, tile row)`) into `dst`, their
+    /// output rows: input transform, t² GEMMs, output transform + epilogue.
+    fn chunk(
+        &self,
+        x: &Activations,
+        rows: Range<usize>,
+        dst: &mut [f32],
+        g: &Geometry,
+        epilogue: Epilogue<'_>,
+        parallel: bool,
+    ) {
+        let tr = self.tile.transforms();
+        let (m, t) = (tr.m, tr.m + 2);
+        let (ci, co) = (self.c_in, self.c_out);
+        let tiles = rows.len() * g.tw;
+        // Taken out, not borrowed (see GemmConv::forward_padded).
+        let (mut v, mut prod) = SCRATCH.take();
+        v.resize(t * t * tiles * ci, 0.0);
+        prod.resize(t * t * tiles * co, 0.0);
+        // One tile's intermediate products, t×t vectors of channels.
+        let mut tmp = vec![0.0f32; t * t * ci.max(co)];
+        let image = x.plane() * ci;
+        // Input transform: v[ξ][j] = (Bᵀ d B)[ξ] for tile j, d its input tile
+        // (zero outside the image).
+        for (j, (r, tx)) in rows.clone().flat_map(|r| (0..g.tw).map(move |tx| (r, tx))).enumerate() {
+            let (b, ty) = (r / g.th, r % g.th);
+            let img = &x.data[b * image..(b + 1) * image];
+            let y0 = (ty * m) as isize - g.pad[0] as isize;
+            let x0 = (tx * m) as isize - g.pad[1] as isize;
+            // tmp[i][s] = Σ_r Bᵀ[i][r] d[r][s]
+            let tmp = &mut tmp[..t * t * ci];
+            tmp.fill(0.0);
+            for rr in 0..t {
+                let iy = y0 + rr as isize;
+                if iy < 0 || iy >= x.height as isize {
+                    continue;
+                }
+                for s in 0..t {
+                    let ix = x0 + s as isize;
+                    if ix < 0 || ix >= x.width as isize {
+                        continue;
+                    }
+                    let at = (iy as usize * x.width + ix as usize) * ci;
+                    let src = &img[at..at + ci];
+                    for i in 0..t {
+                        let a = tr.bt[i * t + rr];
+                        if a != 0.0 {
+                            axpy(&mut tmp[(i * t + s) * ci..(i * t + s + 1) * ci], a, src);
+                        }
+                    }
+                }
+            }
+            // v[i·t + k][j] = Σ_s tmp[i][s] Bᵀ[k][s]
+            for i in 0..t {
+                for k in 0..t {
+                    let at = ((i * t + k) * tiles + j) * ci;
+                    let d = &mut v[at..at + ci];
+                    d.fill(0.0);
+                    for s in 0..t {
+                        let a = tr.bt[k * t + s];
+                        if a != 0.0 {
+                            axpy(d, a, &tmp[(i * t + s) * ci..(i * t + s + 1) * ci]);
+                        }
+                    }
+                }
+            }
+        }
+        // prod[ξ] = v[ξ] [tiles, c_in] × weight[ξ] [c_in, c_out]
+        for xi in 0..t * t {
+            let lhs = &v[xi * tiles * ci..(xi + 1) * tiles * ci];
+            let rhs = &self.weight[xi * ci * co..(xi + 1) * ci * co];
+            sgemm(lhs, rhs, &mut prod[xi * tiles * co..(xi + 1) * tiles * co], [tiles, ci, co], false, parallel);
+        }
+        // Output transform: y = Aᵀ prod A per tile, then the epilogue.
+        let first_row = (rows.start / g.th) * g.ph + ((rows.start % g.th) * g.m_out).min(g.ph);
+        let mut y = vec![0.0f32; m * m * co];
+        for (j, (r, tx)) in rows.clone().flat_map(|r| (0..g.tw).map(move |tx| (r, tx))).enumerate() {
+            let (b, ty) = (r / g.th, r % g.th);
+            // tmp[a][k] = Σ_i Aᵀ[a][i] prod[i·t + k]
+            let tmp = &mut tmp[..m * t * co];
+            tmp.fill(0.0);
+            for i in 0..t {
+                for k in 0..t {
+                    let at = ((i * t + k) * tiles + j) * co;
+                    let src = &prod[at..at + co];
+                    for a in 0..m {
+                        let c = tr.at[a * t + i];
+                        if c != 0.0 {
+                            axpy(&mut tmp[(a * t + k) * co..(a * t + k + 1) * co], c, src);
+                        }
+                    }
+                }
+            }
+            // y[a][e] = Σ_k tmp[a][k] Aᵀ[e][k]
+            for a in 0..m {
+                for e in 0..m {
+                    let d = &mut y[(a * m + e) * co..(a * m + e + 1) * co];
+                    d.fill(0.0);
+                    for k in 0..t {
+                        let c = tr.at[e * t + k];
+                        if c != 0.0 {
+                            axpy(d, c, &tmp[(a * t + k) * co..(a * t + k + 1) * co]);
+                        }
+                    }
+                }
+            }
+            let px = |a: usize, e: usize| &y[(a * m + e) * co..(a * m + e + 1) * co];
+            // Output rows and columns of this tile inside the (pooled) output.
+            let (oy0, ox0) = (ty * g.m_out, tx * g.m_out);
+            for a in 0..g.m_out {
+                let oy = oy0 + a;
+                if oy >= g.ph {
+                    break;
+                }
+                for e in 0..g.m_out {
+                    let ox = ox0 + e;
+                    if ox >= g.pw {
+                        break;
+                    }
+                    let at = ((b * g.ph + oy - first_row) * g.pw + ox) * co;
+                    let o = &mut dst[at..at + co];
+                    if epilogue.pool2 {
+                        let (p, q, u, w) =
+                            (px(2 * a, 2 * e), px(2 * a, 2 * e + 1), px(2 * a + 1, 2 * e), px(2 * a + 1, 2 * e + 1));
+                        for (i, o) in o.iter_mut().enumerate() {
+                            *o = epilogue.act.one(max(max(p[i], q[i]), max(u[i], w[i])) + self.bias[i]);
+                        }
+                    } else {
+                        o.iter_mut().zip(px(a, e)).zip(&self.bias).for_each(|((o, v), bias)| *o = v + bias);
+                        if let Some(res) = epilogue.residual {
+                            let at = ((b * g.oh + oy) * g.ow + ox) * co;
+                            o.iter_mut().zip(&res.data[at..at + co]).for_each(|(o, r)| *o += r);
+                        }
+                        epilogue.act.apply(o);
+                    }
+                }
+            }
+        }
+        SCRATCH.set((v, prod));
+    }
+}
+
+/// Sizes a [`WinogradConv`] call shares with its chunks.
+struct Geometry {
+    /// Output height and width before pooling.
+    oh: usize,
+    ow: usize,
+    /// Stored output height and width (halved by `pool2`).
+    ph: usize,
+    pw: usize,
+    /// Tiles per column and per row of an image.
+    th: usize,
+    tw: usize,
+    /// [top, left, bottom, right]
+    pad: [usize; 4],
+    /// Stored output rows (and columns) per tile.
+    m_out: usize,
+}
+
+/// A group-1 convolution on the kernel chosen for it at load: Winograd where
+/// it applies and is asked for, else im2col + GEMM.
+#[derive(Debug, Clone)]
+pub enum Conv {
+    /// im2col + GEMM.
+    Gemm(GemmConv),
+    /// Winograd F(m×m, 3×3).
+    Winograd(WinogradConv),
+}
+
+impl Conv {
+    /// Lays out a burn convolution for the kernel that computes it:
+    /// [`WinogradConv`] with `winograd`'s tile when it applies, else [`GemmConv`].
+    pub fn from_conv(conv: &Conv2d, winograd: Option<WinogradTile>) -> Result<Self, ModelError> {
+        let [_, _, kh, kw] = conv.weight.dims();
+        match winograd {
+            Some(tile) if conv.groups == 1 && WinogradConv::applies([kh, kw], conv.stride, conv.dilation) => {
+                Ok(Conv::Winograd(WinogradConv::from_conv(conv, tile)?))
+            }
+            _ => Ok(Conv::Gemm(GemmConv::from_conv(conv)?)),
+        }
+    }
+
+    /// x: [batch, h, w, c_in] → [batch, h', w', c_out], `epilogue(conv(x) + bias)`.
+    pub fn forward(&self, x: &Activations, epilogue: Epilogue<'_>, parallel: bool) -> Result<Activations, ModelError> {
+        match self {
+            Conv::Gemm(c) => c.forward(x, epilogue, parallel),
+            Conv::Winograd(c) => c.forward(x, epilogue, parallel),
         }
     }
 }
@@ -1049,6 +1495,99 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// 3×3 stride-1 convolutions for the Winograd kernels: (c_in, c_out, pads [t, l, b, r], h, w),
+    /// sizes that are and are not multiples of the tiles, asymmetric and no padding, one pixel.
+    const WINOGRAD: [(usize, usize, [usize; 4], usize, usize); 6] = [
+        (8, 16, [1, 1, 1, 1], 8, 8),
+        (5, 7, [1, 1, 1, 1], 9, 7),
+        (3, 4, [0, 0, 0, 0], 11, 6),
+        (6, 5, [2, 0, 1, 2], 5, 10),
+        (16, 8, [1, 1, 1, 1], 1, 1),
+        (64, 32, [1, 1, 1, 1], 14, 14),
+    ];
+
+    /// Winograd rounds differently from a direct sum (its transforms scale
+    /// and cancel terms): F(2×2) stays within 1e-4 of burn's `conv2d`, F(4×4)
+    /// (coefficients up to 8 and 1/24) within 1e-3, on O(1) inputs and outputs.
+    fn winograd_tolerance(tile: WinogradTile) -> f32 {
+        match tile {
+            WinogradTile::F2 => 1e-4,
+            WinogradTile::F4 => 1e-3,
+        }
+    }
+
+    #[test]
+    fn winograd_convolution_equals_burn_conv2d_with_shortcut_activation_and_pooling() {
+        use burn::tensor::module::{conv2d, max_pool2d};
+        use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
+        for backend in BackendKind::all() {
+            let device = backend.device();
+            for tile in [WinogradTile::F2, WinogradTile::F4] {
+                let tol = winograd_tolerance(tile);
+                // Batch 3 and a batch that splits into several chunks per thread.
+                for batch in [3, 40] {
+                    for (c_in, c_out, pad, h, w) in WINOGRAD {
+                        let x = random([batch, c_in, h, w], &device);
+                        let wt = random([c_out, c_in, 3, 3], &device) / (3.0 * (c_in as f32).sqrt());
+                        let bias = Tensor::<1>::random([c_out], Distribution::Normal(0.0, 1.0), &device);
+                        let opts =
+                            ConvOptions::new_with_padding([1, 1], [(pad[0], pad[2]), (pad[1], pad[3])], [1, 1], 1);
+                        let reference = conv2d(x.clone(), wt.clone(), Some(bias.clone()), opts);
+                        let shortcut = random(reference.dims(), &device);
+                        let (wv, bv) = (values(wt.clone()), values(bias));
+                        let fast = WinogradConv::new(&wv, wt.dims(), Some(&bv), pad, tile).expect("winograd");
+                        let xa = Activations::from_nchw(x).expect("nhwc");
+                        let residual = Activations::from_nchw(shortcut.clone()).expect("nhwc");
+                        let case = format!("{backend} {tile:?} batch {batch} {c_in}→{c_out} {pad:?} {h}×{w}");
+                        for parallel in [false, true] {
+                            let plain = fast.forward(&xa, Epilogue::default(), parallel).expect("forward");
+                            let diff = max_diff(nhwc_to_nchw(&plain, &device), reference.clone());
+                            assert!(diff < tol, "{case} plain: {diff}");
+
+                            let epilogue = Epilogue { residual: Some(&residual), act: Act::Relu, pool2: false };
+                            let got = fast.forward(&xa, epilogue, parallel).expect("forward");
+                            let expected = burn::tensor::activation::relu(reference.clone() + shortcut.clone());
+                            let diff = max_diff(nhwc_to_nchw(&got, &device), expected);
+                            assert!(diff < tol, "{case} shortcut + relu: {diff}");
+
+                            let epilogue = Epilogue { residual: None, act: Act::Clip(-0.5, 1.0), pool2: true };
+                            let got = fast.forward(&xa, epilogue, parallel).expect("forward");
+                            let [_, _, oh, ow] = reference.dims();
+                            if oh >= 2 && ow >= 2 {
+                                let expected =
+                                    max_pool2d(reference.clone(), MaxPoolOptions::new([2, 2]).with_stride([2, 2]))
+                                        .clamp(-0.5, 1.0);
+                                let diff = max_diff(nhwc_to_nchw(&got, &device), expected);
+                                assert!(diff < tol, "{case} clip + pool2: {diff}");
+                            } else {
+                                assert!(got.data.is_empty(), "{case}: pooling a 1-pixel output leaves nothing");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn winograd_is_chosen_only_where_it_applies() {
+        let device = BackendKind::all()[0].device();
+        let conv = |k: usize, stride: usize, groups: usize| {
+            Conv2dConfig::new([4, 4], [k, k])
+                .with_stride([stride, stride])
+                .with_groups(groups)
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(&device)
+        };
+        let tile = Some(WinogradTile::F4);
+        assert!(matches!(Conv::from_conv(&conv(3, 1, 1), tile), Ok(Conv::Winograd(_))));
+        assert!(matches!(Conv::from_conv(&conv(3, 1, 1), None), Ok(Conv::Gemm(_))), "switched off");
+        assert!(matches!(Conv::from_conv(&conv(3, 2, 1), tile), Ok(Conv::Gemm(_))), "stride 2");
+        assert!(matches!(Conv::from_conv(&conv(5, 1, 1), tile), Ok(Conv::Gemm(_))), "5×5");
+        assert!(Conv::from_conv(&conv(3, 1, 2), tile).is_err(), "grouped: neither kernel");
+        assert!(WinogradConv::new(&[0.0; 4 * 4 * 25], [4, 4, 5, 5], None, [0; 4], WinogradTile::F2).is_err());
     }
 
     #[test]
