@@ -720,16 +720,21 @@ pub enum WinogradTile {
 
 /// The three transform matrices of one Winograd F(m×m, 3×3), row-major:
 /// `Bᵀ` [t, t], `G` [t, 3], `Aᵀ` [m, t], t = m + 2 (Lavin & Gray, 2015).
+/// `G` transforms the weights at load; the kernels apply `Bᵀ` and `Aᵀ` as
+/// the written-out [`Tile`] transforms, which tests check against these.
 struct Transforms {
     m: usize,
+    #[cfg(test)]
     bt: &'static [f32],
     g: &'static [f32],
+    #[cfg(test)]
     at: &'static [f32],
 }
 
 #[rustfmt::skip]
 const F2: Transforms = Transforms {
     m: 2,
+    #[cfg(test)]
     bt: &[
         1.0, 0.0, -1.0, 0.0,
         0.0, 1.0, 1.0, 0.0,
@@ -742,6 +747,7 @@ const F2: Transforms = Transforms {
         0.5, -0.5, 0.5,
         0.0, 0.0, 1.0,
     ],
+    #[cfg(test)]
     at: &[
         1.0, 1.0, 1.0, 0.0,
         0.0, 1.0, -1.0, -1.0,
@@ -751,6 +757,7 @@ const F2: Transforms = Transforms {
 #[rustfmt::skip]
 const F4: Transforms = Transforms {
     m: 4,
+    #[cfg(test)]
     bt: &[
         4.0, 0.0, -5.0, 0.0, 1.0, 0.0,
         0.0, -4.0, -4.0, 1.0, 1.0, 0.0,
@@ -767,6 +774,7 @@ const F4: Transforms = Transforms {
         1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0,
         0.0, 0.0, 1.0,
     ],
+    #[cfg(test)]
     at: &[
         1.0, 1.0, 1.0, 1.0, 1.0, 0.0,
         0.0, 1.0, -1.0, 2.0, -2.0, 0.0,
@@ -776,6 +784,10 @@ const F4: Transforms = Transforms {
 };
 
 impl WinogradTile {
+    /// The tile served by default (the built-in ResNet-18, the ONNX runner's
+    /// CPU kernels).
+    pub const SERVED: WinogradTile = WinogradTile::F4;
+
     fn transforms(self) -> &'static Transforms {
         match self {
             WinogradTile::F2 => &F2,
@@ -787,6 +799,14 @@ impl WinogradTile {
     pub fn m(self) -> usize {
         self.transforms().m
     }
+
+    /// `F(2×2,3×3)` or `F(4×4,3×3)`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WinogradTile::F2 => "F(2×2,3×3)",
+            WinogradTile::F4 => "F(4×4,3×3)",
+        }
+    }
 }
 
 /// Transformed floats (input and GEMM output) per chunk of tiles (1 MB):
@@ -796,12 +816,6 @@ const WINOGRAD_FLOATS: usize = 1 << 18;
 /// of a chunk packs a `[c_in, c_out]` weight matrix, so a chunk must be long
 /// enough to amortise that.
 const MIN_TILES: usize = 32;
-
-/// `dst += a · src`, element-wise (one vector multiply-add per lane).
-#[inline(always)]
-fn axpy(dst: &mut [f32], a: f32, src: &[f32]) {
-    dst.iter_mut().zip(src).for_each(|(d, s)| *d += a * s);
-}
 
 /// A 3×3, stride-1, undilated, ungrouped convolution as a Winograd
 /// F(m×m, 3×3) on NHWC activations: each m×m block of outputs is computed
@@ -887,6 +901,11 @@ impl WinogradConv {
         Self::new(&floats(w, "convolution weight")?, dims, bias.as_deref(), pad, tile)
     }
 
+    /// The tile this convolution runs with.
+    pub fn tile(&self) -> WinogradTile {
+        self.tile
+    }
+
     /// `[batch, h', w', c_out]` of the output for `x` with `pad`.
     pub fn out_dims(&self, x: &Activations, pad: [usize; 4]) -> Result<[usize; 4], ModelError> {
         let (oh, ow) = conv_out_hw((x.height, x.width), pad, [3, 3], [1, 1], [1, 1])?;
@@ -968,134 +987,272 @@ impl WinogradConv {
         epilogue: Epilogue<'_>,
         parallel: bool,
     ) {
-        let tr = self.tile.transforms();
-        let (m, t) = (tr.m, tr.m + 2);
+        match self.tile {
+            WinogradTile::F2 => self.dispatch::<TileF2, 4, 2>(x, rows, dst, g, epilogue, parallel),
+            WinogradTile::F4 => self.dispatch::<TileF4, 6, 4>(x, rows, dst, g, epilogue, parallel),
+        }
+    }
+
+    /// [`WinogradConv::chunk_with`] compiled for the widest vector
+    /// instructions this CPU has: the crate is built for baseline x86-64
+    /// (SSE2), which would leave the transforms at 4 lanes while the GEMMs
+    /// (the `gemm` crate dispatches the same way) use 16.
+    #[allow(unsafe_code)]
+    fn dispatch<K: Tile<T, M>, const T: usize, const M: usize>(
+        &self,
+        x: &Activations,
+        rows: Range<usize>,
+        dst: &mut [f32],
+        g: &Geometry,
+        epilogue: Epilogue<'_>,
+        parallel: bool,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F, checked just above.
+                return unsafe { self.chunk_avx512::<K, T, M>(x, rows, dst, g, epilogue, parallel) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                return unsafe { self.chunk_avx2::<K, T, M>(x, rows, dst, g, epilogue, parallel) };
+            }
+        }
+        self.chunk_with::<K, T, M>(x, rows, dst, g, epilogue, parallel)
+    }
+
+    /// [`WinogradConv::chunk_with`] with AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn chunk_avx512<K: Tile<T, M>, const T: usize, const M: usize>(
+        &self,
+        x: &Activations,
+        rows: Range<usize>,
+        dst: &mut [f32],
+        g: &Geometry,
+        epilogue: Epilogue<'_>,
+        parallel: bool,
+    ) {
+        self.chunk_with::<K, T, M>(x, rows, dst, g, epilogue, parallel)
+    }
+
+    /// [`WinogradConv::chunk_with`] with AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn chunk_avx2<K: Tile<T, M>, const T: usize, const M: usize>(
+        &self,
+        x: &Activations,
+        rows: Range<usize>,
+        dst: &mut [f32],
+        g: &Geometry,
+        epilogue: Epilogue<'_>,
+        parallel: bool,
+    ) {
+        self.chunk_with::<K, T, M>(x, rows, dst, g, epilogue, parallel)
+    }
+
+    /// [`WinogradConv::chunk`] for tile `K`: `T`×`T` input tiles, `M`×`M` outputs.
+    #[inline(always)]
+    fn chunk_with<K: Tile<T, M>, const T: usize, const M: usize>(
+        &self,
+        x: &Activations,
+        rows: Range<usize>,
+        dst: &mut [f32],
+        g: &Geometry,
+        epilogue: Epilogue<'_>,
+        parallel: bool,
+    ) {
         let (ci, co) = (self.c_in, self.c_out);
         let tiles = rows.len() * g.tw;
-        // Taken out, not borrowed (see GemmConv::forward_padded).
+        // Taken out, not borrowed (see GemmConv::forward_padded). Every
+        // element of both is written before it is read.
         let (mut v, mut prod) = SCRATCH.take();
-        v.resize(t * t * tiles * ci, 0.0);
-        prod.resize(t * t * tiles * co, 0.0);
-        // One tile's intermediate products, t×t vectors of channels.
-        let mut tmp = vec![0.0f32; t * t * ci.max(co)];
+        v.resize(T * T * tiles * ci, 0.0);
+        prod.resize(T * T * tiles * co, 0.0);
         let image = x.plane() * ci;
+        let tiles_of = || rows.clone().flat_map(|r| (0..g.tw).map(move |tx| (r / g.th, r % g.th, tx))).enumerate();
         // Input transform: v[ξ][j] = (Bᵀ d B)[ξ] for tile j, d its input tile
-        // (zero outside the image).
-        for (j, (r, tx)) in rows.clone().flat_map(|r| (0..g.tw).map(move |tx| (r, tx))).enumerate() {
-            let (b, ty) = (r / g.th, r % g.th);
+        // (zero outside the image), LANES channels at a time.
+        for (j, (b, ty, tx)) in tiles_of() {
             let img = &x.data[b * image..(b + 1) * image];
-            let y0 = (ty * m) as isize - g.pad[0] as isize;
-            let x0 = (tx * m) as isize - g.pad[1] as isize;
-            // tmp[i][s] = Σ_r Bᵀ[i][r] d[r][s]
-            let tmp = &mut tmp[..t * t * ci];
-            tmp.fill(0.0);
-            for rr in 0..t {
-                let iy = y0 + rr as isize;
-                if iy < 0 || iy >= x.height as isize {
-                    continue;
-                }
-                for s in 0..t {
-                    let ix = x0 + s as isize;
-                    if ix < 0 || ix >= x.width as isize {
+            let y0 = (ty * M) as isize - g.pad[0] as isize;
+            let x0 = (tx * M) as isize - g.pad[1] as isize;
+            for c0 in (0..ci).step_by(LANES) {
+                let lanes = LANES.min(ci - c0);
+                let mut d = [[[0.0f32; LANES]; T]; T];
+                for (r, drow) in d.iter_mut().enumerate() {
+                    let iy = y0 + r as isize;
+                    if iy < 0 || iy >= x.height as isize {
                         continue;
                     }
-                    let at = (iy as usize * x.width + ix as usize) * ci;
-                    let src = &img[at..at + ci];
-                    for i in 0..t {
-                        let a = tr.bt[i * t + rr];
-                        if a != 0.0 {
-                            axpy(&mut tmp[(i * t + s) * ci..(i * t + s + 1) * ci], a, src);
+                    for (s, ds) in drow.iter_mut().enumerate() {
+                        let ix = x0 + s as isize;
+                        if ix >= 0 && ix < x.width as isize {
+                            *ds = load(&img[(iy as usize * x.width + ix as usize) * ci + c0..], lanes);
                         }
                     }
                 }
-            }
-            // v[i·t + k][j] = Σ_s tmp[i][s] Bᵀ[k][s]
-            for i in 0..t {
-                for k in 0..t {
-                    let at = ((i * t + k) * tiles + j) * ci;
-                    let d = &mut v[at..at + ci];
-                    d.fill(0.0);
-                    for s in 0..t {
-                        let a = tr.bt[k * t + s];
-                        if a != 0.0 {
-                            axpy(d, a, &tmp[(i * t + s) * ci..(i * t + s + 1) * ci]);
-                        }
+                // Per lane: columns, then rows (Bᵀ d, then (Bᵀ d) B); the
+                // loop over lanes is the vector loop.
+                let mut out = [[[0.0f32; LANES]; T]; T];
+                for l in 0..LANES {
+                    let mut tmp = [[0.0f32; T]; T];
+                    for s in 0..T {
+                        let col = K::input(std::array::from_fn(|r| d[r][s][l]));
+                        (0..T).for_each(|i| tmp[i][s] = col[i]);
+                    }
+                    for i in 0..T {
+                        let row = K::input(tmp[i]);
+                        (0..T).for_each(|k| out[i][k][l] = row[k]);
+                    }
+                }
+                for (i, row) in out.iter().enumerate() {
+                    for (k, val) in row.iter().enumerate() {
+                        store(&mut v[((i * T + k) * tiles + j) * ci + c0..], val, lanes);
                     }
                 }
             }
         }
         // prod[ξ] = v[ξ] [tiles, c_in] × weight[ξ] [c_in, c_out]
-        for xi in 0..t * t {
+        for xi in 0..T * T {
             let lhs = &v[xi * tiles * ci..(xi + 1) * tiles * ci];
             let rhs = &self.weight[xi * ci * co..(xi + 1) * ci * co];
             sgemm(lhs, rhs, &mut prod[xi * tiles * co..(xi + 1) * tiles * co], [tiles, ci, co], false, parallel);
         }
         // Output transform: y = Aᵀ prod A per tile, then the epilogue.
         let first_row = (rows.start / g.th) * g.ph + ((rows.start % g.th) * g.m_out).min(g.ph);
-        let mut y = vec![0.0f32; m * m * co];
-        for (j, (r, tx)) in rows.clone().flat_map(|r| (0..g.tw).map(move |tx| (r, tx))).enumerate() {
-            let (b, ty) = (r / g.th, r % g.th);
-            // tmp[a][k] = Σ_i Aᵀ[a][i] prod[i·t + k]
-            let tmp = &mut tmp[..m * t * co];
-            tmp.fill(0.0);
-            for i in 0..t {
-                for k in 0..t {
-                    let at = ((i * t + k) * tiles + j) * co;
-                    let src = &prod[at..at + co];
-                    for a in 0..m {
-                        let c = tr.at[a * t + i];
-                        if c != 0.0 {
-                            axpy(&mut tmp[(a * t + k) * co..(a * t + k + 1) * co], c, src);
-                        }
-                    }
-                }
-            }
-            // y[a][e] = Σ_k tmp[a][k] Aᵀ[e][k]
-            for a in 0..m {
-                for e in 0..m {
-                    let d = &mut y[(a * m + e) * co..(a * m + e + 1) * co];
-                    d.fill(0.0);
-                    for k in 0..t {
-                        let c = tr.at[e * t + k];
-                        if c != 0.0 {
-                            axpy(d, c, &tmp[(a * t + k) * co..(a * t + k + 1) * co]);
-                        }
-                    }
-                }
-            }
-            let px = |a: usize, e: usize| &y[(a * m + e) * co..(a * m + e + 1) * co];
+        for (j, (b, ty, tx)) in tiles_of() {
             // Output rows and columns of this tile inside the (pooled) output.
             let (oy0, ox0) = (ty * g.m_out, tx * g.m_out);
-            for a in 0..g.m_out {
-                let oy = oy0 + a;
-                if oy >= g.ph {
-                    break;
+            for c0 in (0..co).step_by(LANES) {
+                let lanes = LANES.min(co - c0);
+                let mut p = [[[0.0f32; LANES]; T]; T];
+                for (i, prow) in p.iter_mut().enumerate() {
+                    for (k, pk) in prow.iter_mut().enumerate() {
+                        *pk = load(&prod[((i * T + k) * tiles + j) * co + c0..], lanes);
+                    }
                 }
-                for e in 0..g.m_out {
-                    let ox = ox0 + e;
-                    if ox >= g.pw {
+                // Per lane: columns, then rows (Aᵀ p, then (Aᵀ p) A).
+                let mut y = [[[0.0f32; LANES]; M]; M];
+                for l in 0..LANES {
+                    let mut tmp = [[0.0f32; T]; M];
+                    for k in 0..T {
+                        let col = K::output(std::array::from_fn(|i| p[i][k][l]));
+                        (0..M).for_each(|a| tmp[a][k] = col[a]);
+                    }
+                    for a in 0..M {
+                        let row = K::output(tmp[a]);
+                        (0..M).for_each(|e| y[a][e][l] = row[e]);
+                    }
+                }
+                let bias = &self.bias[c0..c0 + lanes];
+                for a in 0..g.m_out {
+                    let oy = oy0 + a;
+                    if oy >= g.ph {
                         break;
                     }
-                    let at = ((b * g.ph + oy - first_row) * g.pw + ox) * co;
-                    let o = &mut dst[at..at + co];
-                    if epilogue.pool2 {
-                        let (p, q, u, w) =
-                            (px(2 * a, 2 * e), px(2 * a, 2 * e + 1), px(2 * a + 1, 2 * e), px(2 * a + 1, 2 * e + 1));
-                        for (i, o) in o.iter_mut().enumerate() {
-                            *o = epilogue.act.one(max(max(p[i], q[i]), max(u[i], w[i])) + self.bias[i]);
+                    for e in 0..g.m_out {
+                        let ox = ox0 + e;
+                        if ox >= g.pw {
+                            break;
                         }
-                    } else {
-                        o.iter_mut().zip(px(a, e)).zip(&self.bias).for_each(|((o, v), bias)| *o = v + bias);
-                        if let Some(res) = epilogue.residual {
-                            let at = ((b * g.oh + oy) * g.ow + ox) * co;
-                            o.iter_mut().zip(&res.data[at..at + co]).for_each(|(o, r)| *o += r);
+                        let at = ((b * g.ph + oy - first_row) * g.pw + ox) * co + c0;
+                        let o = &mut dst[at..at + lanes];
+                        if epilogue.pool2 {
+                            let (q, r) = (2 * a, 2 * e);
+                            for (l, o) in o.iter_mut().enumerate() {
+                                let m = max(max(y[q][r][l], y[q][r + 1][l]), max(y[q + 1][r][l], y[q + 1][r + 1][l]));
+                                *o = epilogue.act.one(m + bias[l]);
+                            }
+                        } else {
+                            o.iter_mut().zip(&y[a][e]).zip(bias).for_each(|((o, v), bias)| *o = v + bias);
+                            if let Some(res) = epilogue.residual {
+                                let at = ((b * g.oh + oy) * g.ow + ox) * co + c0;
+                                o.iter_mut().zip(&res.data[at..at + lanes]).for_each(|(o, r)| *o += r);
+                            }
+                            epilogue.act.apply(o);
                         }
-                        epilogue.act.apply(o);
                     }
                 }
             }
         }
         SCRATCH.set((v, prod));
+    }
+}
+
+/// Channels a Winograd transform handles at once (one AVX-512 register).
+const LANES: usize = 16;
+
+/// `LANES` channels of one tile element.
+type Lanes = [f32; LANES];
+
+/// The first `lanes` (≤ `LANES`) values of `src`, zeros after them.
+#[inline(always)]
+fn load(src: &[f32], lanes: usize) -> Lanes {
+    let mut v = [0.0; LANES];
+    if lanes == LANES {
+        v.copy_from_slice(&src[..LANES]);
+    } else {
+        v[..lanes].copy_from_slice(&src[..lanes]);
+    }
+    v
+}
+
+/// Writes the first `lanes` (≤ `LANES`) values of `v` to the start of `dst`.
+#[inline(always)]
+fn store(dst: &mut [f32], v: &Lanes, lanes: usize) {
+    if lanes == LANES {
+        dst[..LANES].copy_from_slice(v);
+    } else {
+        dst[..lanes].copy_from_slice(&v[..lanes]);
+    }
+}
+
+/// One Winograd tile's 1-D transforms, written out: `Bᵀ` on `T` values and
+/// `Aᵀ` from `T` to `M` (the 2-D transforms apply them to columns, then
+/// rows, one channel at a time). Tests check them against the matrices of
+/// Lavin & Gray.
+trait Tile<const T: usize, const M: usize> {
+    /// `Bᵀ d`.
+    fn input(d: [f32; T]) -> [f32; T];
+    /// `Aᵀ m`.
+    fn output(m: [f32; T]) -> [f32; M];
+}
+
+/// F(2×2, 3×3).
+struct TileF2;
+/// F(4×4, 3×3).
+struct TileF4;
+
+impl Tile<4, 2> for TileF2 {
+    #[inline(always)]
+    fn input(d: [f32; 4]) -> [f32; 4] {
+        [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+    }
+
+    #[inline(always)]
+    fn output(m: [f32; 4]) -> [f32; 2] {
+        [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+    }
+}
+
+impl Tile<6, 4> for TileF4 {
+    #[inline(always)]
+    fn input(d: [f32; 6]) -> [f32; 6] {
+        [
+            4.0 * d[0] - 5.0 * d[2] + d[4],
+            -4.0 * (d[1] + d[2]) + d[3] + d[4],
+            4.0 * (d[1] - d[2]) - d[3] + d[4],
+            2.0 * (d[3] - d[1]) - d[2] + d[4],
+            2.0 * (d[1] - d[3]) - d[2] + d[4],
+            4.0 * d[1] - 5.0 * d[3] + d[5],
+        ]
+    }
+
+    #[inline(always)]
+    fn output(m: [f32; 6]) -> [f32; 4] {
+        let (a, b, c, d) = (m[1] + m[2], m[1] - m[2], m[3] + m[4], m[3] - m[4]);
+        [m[0] + a + c, b + 2.0 * d, a + 4.0 * c, b + 8.0 * d + m[5]]
     }
 }
 
@@ -1569,6 +1726,22 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// `K`'s written-out 1-D transforms on unit vectors give the columns of `tr`'s matrices.
+    fn check_tile<K: Tile<T, M>, const T: usize, const M: usize>(tr: &Transforms) {
+        for n in 0..T {
+            let unit: [f32; T] = std::array::from_fn(|r| if r == n { 1.0 } else { 0.0 });
+            let (input, output) = (K::input(unit), K::output(unit));
+            (0..T).for_each(|i| assert_eq!(input[i], tr.bt[i * T + n], "Bᵀ[{i}][{n}]"));
+            (0..M).for_each(|a| assert_eq!(output[a], tr.at[a * T + n], "Aᵀ[{a}][{n}]"));
+        }
+    }
+
+    #[test]
+    fn written_out_winograd_transforms_equal_their_matrices() {
+        check_tile::<TileF2, 4, 2>(&F2);
+        check_tile::<TileF4, 6, 4>(&F4);
     }
 
     #[test]
