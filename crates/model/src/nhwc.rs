@@ -829,8 +829,9 @@ const MIN_TILES: usize = 32;
 /// contiguous range of output rows.
 #[derive(Debug, Clone)]
 pub struct WinogradConv {
-    /// [t², c_in, c_out]: `G g Gᵀ` per (input, output) channel pair, one
-    /// GEMM right-hand side per tile position.
+    /// [t², c_in', c_out'] (channels rounded up to whole blocks of
+    /// [`LANES`], zero past c_in and c_out): `G g Gᵀ` per (input, output)
+    /// channel pair, one GEMM right-hand side per tile position.
     weight: Vec<f32>,
     /// [c_out]
     bias: Vec<f32>,
@@ -865,7 +866,9 @@ impl WinogradConv {
         }
         let tr = tile.transforms();
         let t = tr.m + 2;
-        let mut laid = vec![0.0; t * t * c_in * c_out];
+        // Rows and columns past c_in, c_out stay zero (see `padded`).
+        let (ci_pad, co_pad) = (padded(c_in), padded(c_out));
+        let mut laid = vec![0.0; t * t * ci_pad * co_pad];
         for (o, filter) in weight.chunks_exact(c_in * 9).enumerate() {
             for (i, g) in filter.chunks_exact(9).enumerate() {
                 // G g: [t, 3]; (G g) Gᵀ: [t, t]. In f64: the weights are
@@ -879,7 +882,7 @@ impl WinogradConv {
                 for r in 0..t {
                     for s in 0..t {
                         let v: f64 = (0..3).map(|k| gg[r * 3 + k] * tr.g[s * 3 + k] as f64).sum();
-                        laid[((r * t + s) * c_in + i) * c_out + o] = v as f32;
+                        laid[((r * t + s) * ci_pad + i) * co_pad + o] = v as f32;
                     }
                 }
             }
@@ -944,7 +947,7 @@ impl WinogradConv {
         let m_out = if epilogue.pool2 { m / 2 } else { m };
         let tile_rows = x.batch * th;
         let threads = if parallel { rayon::current_num_threads().max(1) } else { 1 };
-        let per_tile = t * t * (self.c_in + self.c_out);
+        let per_tile = t * t * (padded(self.c_in) + padded(self.c_out));
         let rows_per_chunk = (WINOGRAD_FLOATS / (per_tile * tw).max(1))
             .max(MIN_TILES.div_ceil(tw.max(1)))
             .min(tile_rows.div_ceil(threads))
@@ -1063,35 +1066,51 @@ impl WinogradConv {
         parallel: bool,
     ) {
         let (ci, co) = (self.c_in, self.c_out);
+        let (ci_pad, co_pad) = (padded(ci), padded(co));
         let tiles = rows.len() * g.tw;
         // Taken out, not borrowed (see GemmConv::forward_padded). Every
         // element of both is written before it is read.
         let (mut v, mut prod) = SCRATCH.take();
-        v.resize(T * T * tiles * ci, 0.0);
-        prod.resize(T * T * tiles * co, 0.0);
+        v.resize(T * T * tiles * ci_pad, 0.0);
+        prod.resize(T * T * tiles * co_pad, 0.0);
         let image = x.plane() * ci;
         let tiles_of = || rows.clone().flat_map(|r| (0..g.tw).map(move |tx| (r / g.th, r % g.th, tx))).enumerate();
         // Input transform: v[ξ][j] = (Bᵀ d B)[ξ] for tile j, d its input tile
-        // (zero outside the image), LANES channels at a time.
+        // (zero outside the image and beyond the last channel), LANES channels at a time.
+        let mut stage = [[[0.0f32; LANES]; T]; T];
         for (j, (b, ty, tx)) in tiles_of() {
             let img = &x.data[b * image..(b + 1) * image];
             let y0 = (ty * M) as isize - g.pad[0] as isize;
             let x0 = (tx * M) as isize - g.pad[1] as isize;
+            // Offsets in `img` of the tile's pixels, `None` outside the image.
+            let at: [[Option<usize>; T]; T] = std::array::from_fn(|r| {
+                let iy = y0 + r as isize;
+                std::array::from_fn(|s| {
+                    let ix = x0 + s as isize;
+                    let inside = iy >= 0 && iy < x.height as isize && ix >= 0 && ix < x.width as isize;
+                    inside.then(|| (iy as usize * x.width + ix as usize) * ci)
+                })
+            });
             for c0 in (0..ci).step_by(LANES) {
                 let lanes = LANES.min(ci - c0);
-                let mut d = [[[0.0f32; LANES]; T]; T];
-                for (r, drow) in d.iter_mut().enumerate() {
-                    let iy = y0 + r as isize;
-                    if iy < 0 || iy >= x.height as isize {
-                        continue;
-                    }
-                    for (s, ds) in drow.iter_mut().enumerate() {
-                        let ix = x0 + s as isize;
-                        if ix >= 0 && ix < x.width as isize {
-                            *ds = load(&img[(iy as usize * x.width + ix as usize) * ci + c0..], lanes);
+                // The last block of channels, when partial, is copied out zero-padded.
+                if lanes < LANES {
+                    for (r, row) in stage.iter_mut().enumerate() {
+                        for (s, px) in row.iter_mut().enumerate() {
+                            *px = [0.0; LANES];
+                            if let Some(a) = at[r][s] {
+                                px[..lanes].copy_from_slice(&img[a + c0..a + c0 + lanes]);
+                            }
                         }
                     }
                 }
+                let d: [[&Lanes; T]; T] = std::array::from_fn(|r| {
+                    std::array::from_fn(|s| match at[r][s] {
+                        _ if lanes < LANES => &stage[r][s],
+                        Some(a) => img[a + c0..].first_chunk::<LANES>().unwrap_or(&ZERO_LANES),
+                        None => &ZERO_LANES,
+                    })
+                });
                 // Per lane: columns, then rows (Bᵀ d, then (Bᵀ d) B); the
                 // loop over lanes is the vector loop.
                 let mut out = [[[0.0f32; LANES]; T]; T];
@@ -1108,16 +1127,20 @@ impl WinogradConv {
                 }
                 for (i, row) in out.iter().enumerate() {
                     for (k, val) in row.iter().enumerate() {
-                        store(&mut v[((i * T + k) * tiles + j) * ci + c0..], val, lanes);
+                        let at = ((i * T + k) * tiles + j) * ci_pad + c0;
+                        if let Some(dst) = v[at..].first_chunk_mut::<LANES>() {
+                            *dst = *val;
+                        }
                     }
                 }
             }
         }
-        // prod[ξ] = v[ξ] [tiles, c_in] × weight[ξ] [c_in, c_out]
+        // prod[ξ] = v[ξ] [tiles, ci_pad] × weight[ξ] [ci_pad, co_pad]
         for xi in 0..T * T {
-            let lhs = &v[xi * tiles * ci..(xi + 1) * tiles * ci];
-            let rhs = &self.weight[xi * ci * co..(xi + 1) * ci * co];
-            sgemm(lhs, rhs, &mut prod[xi * tiles * co..(xi + 1) * tiles * co], [tiles, ci, co], false, parallel);
+            let lhs = &v[xi * tiles * ci_pad..(xi + 1) * tiles * ci_pad];
+            let rhs = &self.weight[xi * ci_pad * co_pad..(xi + 1) * ci_pad * co_pad];
+            let out = &mut prod[xi * tiles * co_pad..(xi + 1) * tiles * co_pad];
+            sgemm(lhs, rhs, out, [tiles, ci_pad, co_pad], false, parallel);
         }
         // Output transform: y = Aᵀ prod A per tile, then the epilogue.
         let first_row = (rows.start / g.th) * g.ph + ((rows.start % g.th) * g.m_out).min(g.ph);
@@ -1126,12 +1149,12 @@ impl WinogradConv {
             let (oy0, ox0) = (ty * g.m_out, tx * g.m_out);
             for c0 in (0..co).step_by(LANES) {
                 let lanes = LANES.min(co - c0);
-                let mut p = [[[0.0f32; LANES]; T]; T];
-                for (i, prow) in p.iter_mut().enumerate() {
-                    for (k, pk) in prow.iter_mut().enumerate() {
-                        *pk = load(&prod[((i * T + k) * tiles + j) * co + c0..], lanes);
-                    }
-                }
+                let p: [[&Lanes; T]; T] = std::array::from_fn(|i| {
+                    std::array::from_fn(|k| {
+                        let at = ((i * T + k) * tiles + j) * co_pad + c0;
+                        prod[at..].first_chunk::<LANES>().unwrap_or(&ZERO_LANES)
+                    })
+                });
                 // Per lane: columns, then rows (Aᵀ p, then (Aᵀ p) A).
                 let mut y = [[[0.0f32; LANES]; M]; M];
                 for l in 0..LANES {
@@ -1165,12 +1188,16 @@ impl WinogradConv {
                                 *o = epilogue.act.one(m + bias[l]);
                             }
                         } else {
-                            o.iter_mut().zip(&y[a][e]).zip(bias).for_each(|((o, v), bias)| *o = v + bias);
+                            // One pass over the stored output (the layer's largest stream).
+                            let act = epilogue.act;
+                            let ys = o.iter_mut().zip(&y[a][e]).zip(bias);
                             if let Some(res) = epilogue.residual {
                                 let at = ((b * g.oh + oy) * g.ow + ox) * co + c0;
-                                o.iter_mut().zip(&res.data[at..at + lanes]).for_each(|(o, r)| *o += r);
+                                let res = &res.data[at..at + lanes];
+                                ys.zip(res).for_each(|(((o, v), bias), r)| *o = act.one(v + bias + r));
+                            } else {
+                                ys.for_each(|((o, v), bias)| *o = act.one(v + bias));
                             }
-                            epilogue.act.apply(o);
                         }
                     }
                 }
@@ -1186,26 +1213,13 @@ const LANES: usize = 16;
 /// `LANES` channels of one tile element.
 type Lanes = [f32; LANES];
 
-/// The first `lanes` (≤ `LANES`) values of `src`, zeros after them.
-#[inline(always)]
-fn load(src: &[f32], lanes: usize) -> Lanes {
-    let mut v = [0.0; LANES];
-    if lanes == LANES {
-        v.copy_from_slice(&src[..LANES]);
-    } else {
-        v[..lanes].copy_from_slice(&src[..lanes]);
-    }
-    v
-}
+/// A block of zero channels (padding, the channels past the last).
+const ZERO_LANES: Lanes = [0.0; LANES];
 
-/// Writes the first `lanes` (≤ `LANES`) values of `v` to the start of `dst`.
-#[inline(always)]
-fn store(dst: &mut [f32], v: &Lanes, lanes: usize) {
-    if lanes == LANES {
-        dst[..LANES].copy_from_slice(v);
-    } else {
-        dst[..lanes].copy_from_slice(&v[..lanes]);
-    }
+/// `c` rounded up to whole blocks of `LANES` channels: the row stride of the
+/// transformed tiles, so that every block is loaded and stored whole.
+fn padded(c: usize) -> usize {
+    c.next_multiple_of(LANES)
 }
 
 /// One Winograd tile's 1-D transforms, written out: `Bᵀ` on `T` values and

@@ -228,7 +228,10 @@ impl Network {
                 let mut raw = ResNet18Raw::new(classes, device);
                 raw.load_pytorch(bytes, source_name)?;
                 let net = raw.fold();
-                Ok(Network::ResNet18 { fast: Box::new(ResNet18Nhwc::new(&net, winograd)?), reference: Some(Box::new(net)) })
+                Ok(Network::ResNet18 {
+                    fast: Box::new(ResNet18Nhwc::new(&net, winograd)?),
+                    reference: Some(Box::new(net)),
+                })
             }
             other => Err(ModelError::Invalid(format!("unknown architecture {other:?} (digits, resnet18)"))),
         }
