@@ -1,7 +1,10 @@
 //! The inference path: channels-last activations, every convolution as
 //! im2col + one GEMM (the `gemm` crate, which burn-flex's own matmul runs on)
 //! per chunk of output rows, with bias, residual, ReLU and 2×2 max-pooling
-//! fused around it.
+//! fused around it; 3×3 stride-1 convolutions, most of a ResNet's
+//! multiply-adds, optionally as a Winograd F(4×4, 3×3) or F(2×2, 3×3)
+//! instead ([`WinogradConv`]: 4× or 2.25× fewer multiplies, in t² GEMMs of
+//! transformed tiles), chosen per convolution at load ([`Conv::from_conv`]).
 //!
 //! Why: burn-flex's `conv2d` converts its input to NHWC, re-lays out the
 //! weights, allocates an im2col tile per (image, tile) and scatters the result
