@@ -872,20 +872,27 @@ impl WinogradConv {
         // Rows and columns past c_in, c_out stay zero (see `padded`).
         let (ci_pad, co_pad) = (padded(c_in), padded(c_out));
         let mut laid = vec![0.0; t * t * ci_pad * co_pad];
-        for (o, filter) in weight.chunks_exact(c_in * 9).enumerate() {
-            for (i, g) in filter.chunks_exact(9).enumerate() {
-                // G g: [t, 3]; (G g) Gᵀ: [t, t]. In f64: the weights are
-                // rounded once, not once per step.
-                let mut gg = [0.0f64; 18];
-                for r in 0..t {
-                    for c in 0..3 {
-                        gg[r * 3 + c] = (0..3).map(|k| tr.g[r * 3 + k] as f64 * g[k * 3 + c] as f64).sum();
-                    }
+        // U[r·t + s] = Σ_{k,c} G[r][k] G[s][c] g[k·3 + c]: per input channel,
+        // its 9 taps of every filter gathered into rows of c_out, then each
+        // of the t² rows of U a sum of those rows (this runs at every worker start).
+        let coef: Vec<[f32; 9]> = (0..t * t)
+            .map(|xi| {
+                let (r, s) = (xi / t, xi % t);
+                std::array::from_fn(|kc| (tr.g[r * 3 + kc / 3] as f64 * tr.g[s * 3 + kc % 3] as f64) as f32)
+            })
+            .collect();
+        let mut taps = vec![0.0f32; 9 * c_out];
+        for i in 0..c_in {
+            for (o, filter) in weight.chunks_exact(c_in * 9).enumerate() {
+                for (kc, w) in filter[i * 9..(i + 1) * 9].iter().enumerate() {
+                    taps[kc * c_out + o] = *w;
                 }
-                for r in 0..t {
-                    for s in 0..t {
-                        let v: f64 = (0..3).map(|k| gg[r * 3 + k] * tr.g[s * 3 + k] as f64).sum();
-                        laid[((r * t + s) * ci_pad + i) * co_pad + o] = v as f32;
+            }
+            for (xi, coef) in coef.iter().enumerate() {
+                let row = &mut laid[(xi * ci_pad + i) * co_pad..][..c_out];
+                for (kc, &a) in coef.iter().enumerate() {
+                    if a != 0.0 {
+                        row.iter_mut().zip(&taps[kc * c_out..(kc + 1) * c_out]).for_each(|(u, w)| *u += a * w);
                     }
                 }
             }
