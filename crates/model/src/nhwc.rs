@@ -843,7 +843,20 @@ pub struct WinogradConv {
     tile: WinogradTile,
     /// [top, left, bottom, right], used by [`WinogradConv::forward`].
     pad: [usize; 4],
+    /// The same convolution on im2col + GEMM, for layers of few tiles (see
+    /// [`MIN_LAYER_TILES`]).
+    im2col: GemmConv,
 }
+
+/// Fewest tiles (images × tiles per image) a layer runs on Winograd with.
+/// Below, its GEMMs have a handful of rows each, so reading the t²
+/// transformed weight matrices (4× the size of the 3×3 filters for
+/// F(4×4)) costs more than the multiplies saved. ResNet-18 at batch 1 on 2
+/// threads (its last stage has 4 tiles per image) with every 3×3 stride-1
+/// layer on Winograd: 42 images per CPU second, im2col alone 42, with this
+/// bound 57; at batch 8 (parts of 4 images, 16 tiles) within noise of
+/// every layer on Winograd; a bound of 32 lost 6 % there.
+const MIN_LAYER_TILES: usize = 16;
 
 impl WinogradConv {
     /// Whether this kernel computes a convolution of this geometry: 3×3,
@@ -897,7 +910,16 @@ impl WinogradConv {
                 }
             }
         }
-        Ok(Self { weight: laid, bias: bias.map_or_else(|| vec![0.0; c_out], <[f32]>::to_vec), c_in, c_out, tile, pad })
+        let im2col = GemmConv::new(weight, [c_out, c_in, 3, 3], bias, [1, 1], [1, 1], pad)?;
+        Ok(Self {
+            weight: laid,
+            bias: bias.map_or_else(|| vec![0.0; c_out], <[f32]>::to_vec),
+            c_in,
+            c_out,
+            tile,
+            pad,
+            im2col,
+        })
     }
 
     /// Lays out a burn convolution's weights for this kernel; refuses what it
@@ -932,8 +954,25 @@ impl WinogradConv {
     }
 
     /// [`WinogradConv::forward`] with `pad` ([top, left, bottom, right])
-    /// instead of the padding given at construction.
+    /// instead of the padding given at construction. A layer of fewer than
+    /// [`MIN_LAYER_TILES`] tiles runs on im2col + GEMM instead.
     pub fn forward_padded(
+        &self,
+        x: &Activations,
+        pad: [usize; 4],
+        epilogue: Epilogue<'_>,
+        parallel: bool,
+    ) -> Result<Activations, ModelError> {
+        let [_, oh, ow, _] = self.out_dims(x, pad)?;
+        let m = self.tile.m();
+        if x.batch * oh.div_ceil(m) * ow.div_ceil(m) < MIN_LAYER_TILES {
+            return self.im2col.forward_padded(x, pad, epilogue, parallel);
+        }
+        self.winograd_padded(x, pad, epilogue, parallel)
+    }
+
+    /// [`WinogradConv::forward_padded`], always on Winograd.
+    fn winograd_padded(
         &self,
         x: &Activations,
         pad: [usize; 4],
@@ -1722,26 +1761,35 @@ mod tests {
                         let xa = Activations::from_nchw(x).expect("nhwc");
                         let residual = Activations::from_nchw(shortcut.clone()).expect("nhwc");
                         let case = format!("{backend} {tile:?} batch {batch} {c_in}→{c_out} {pad:?} {h}×{w}");
-                        for parallel in [false, true] {
-                            let plain = fast.forward(&xa, Epilogue::default(), parallel).expect("forward");
+                        let case = &case;
+                        // Always on Winograd, and as chosen (small layers on im2col + GEMM).
+                        for (parallel, always) in [(false, true), (true, true), (true, false)] {
+                            let forward = |x: &Activations, e: Epilogue<'_>, parallel: bool| {
+                                if always {
+                                    fast.winograd_padded(x, pad, e, parallel)
+                                } else {
+                                    fast.forward(x, e, parallel)
+                                }
+                            };
+                            let plain = forward(&xa, Epilogue::default(), parallel).expect("forward");
                             let diff = max_diff(nhwc_to_nchw(&plain, &device), reference.clone());
-                            assert!(diff < tol, "{case} plain: {diff}");
+                            assert!(diff < tol, "{case} {parallel} {always} plain: {diff}");
 
                             let epilogue = Epilogue { residual: Some(&residual), act: Act::Relu, pool2: false };
-                            let got = fast.forward(&xa, epilogue, parallel).expect("forward");
+                            let got = forward(&xa, epilogue, parallel).expect("forward");
                             let expected = burn::tensor::activation::relu(reference.clone() + shortcut.clone());
                             let diff = max_diff(nhwc_to_nchw(&got, &device), expected);
-                            assert!(diff < tol, "{case} shortcut + relu: {diff}");
+                            assert!(diff < tol, "{case} {parallel} {always} shortcut + relu: {diff}");
 
                             let epilogue = Epilogue { residual: None, act: Act::Clip(-0.5, 1.0), pool2: true };
-                            let got = fast.forward(&xa, epilogue, parallel).expect("forward");
+                            let got = forward(&xa, epilogue, parallel).expect("forward");
                             let [_, _, oh, ow] = reference.dims();
                             if oh >= 2 && ow >= 2 {
                                 let expected =
                                     max_pool2d(reference.clone(), MaxPoolOptions::new([2, 2]).with_stride([2, 2]))
                                         .clamp(-0.5, 1.0);
                                 let diff = max_diff(nhwc_to_nchw(&got, &device), expected);
-                                assert!(diff < tol, "{case} clip + pool2: {diff}");
+                                assert!(diff < tol, "{case} {parallel} {always} clip + pool2: {diff}");
                             } else {
                                 assert!(got.data.is_empty(), "{case}: pooling a 1-pixel output leaves nothing");
                             }
