@@ -855,7 +855,8 @@ pub struct WinogradConv {
 /// threads (its last stage has 4 tiles per image) with every 3×3 stride-1
 /// layer on Winograd: 42 images per CPU second, im2col alone 42, with this
 /// bound 57; at batch 8 (parts of 4 images, 16 tiles) within noise of
-/// every layer on Winograd; a bound of 32 lost 6 % there.
+/// every layer on Winograd, and a bound of 32 (that stage on im2col) no
+/// better.
 const MIN_LAYER_TILES: usize = 16;
 
 impl WinogradConv {
