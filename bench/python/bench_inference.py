@@ -7,7 +7,8 @@ Paths: `nhwc` is what the predictor serves for the built-in digits and
 resnet18; `reference` is the burn modules' own forward (burn conv2d); `onnx`
 is the model's ONNX graph through scorefleet's runner with the CPU kernels it
 gets by default (per-node overrides, folding); `onnx-burn` the same graph with
-every node on burn's op. resnet50, squeezenet and mobilenetv2 are ONNX-only
+every node on burn's op; `nhwc-im2col` and `onnx-im2col` are `nhwc` and
+`onnx` with Winograd off (every convolution on im2col + GEMM). resnet50, squeezenet and mobilenetv2 are ONNX-only
 (bench/python/fixtures.py: the onnx wheel's light graphs with random weights,
 and a MobileNetV2 built with the onnx helper API): only the onnx paths run."""
 import argparse
@@ -26,7 +27,7 @@ import fixtures  # noqa: E402
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 SHAPES = {"digits": (1, 28, 28), "resnet18": (3, 224, 224), **fixtures.ONNX_ONLY}
 CLASSES = {"digits": 10, "resnet18": 1000, "resnet50": 1000, "squeezenet": 1000, "mobilenetv2": 1000}
-ONNX_PATHS = {"onnx", "onnx-burn"}
+ONNX_PATHS = {"onnx", "onnx-burn", "onnx-im2col"}
 
 
 def prepare(model, work, max_batch, rng):
@@ -83,8 +84,9 @@ def main():
     ap.add_argument("--backends", help="comma-separated burn backends to run (default: every one compiled in)")
     ap.add_argument("--paths", default="nhwc",
                     help="comma-separated: nhwc (served), reference (burn modules), onnx (the graph through the "
-                         "runner, CPU kernels on), onnx-burn (every node on burn's op); ONNX-only models run the "
-                         "onnx paths of this list, or both when it has none")
+                         "runner, CPU kernels on), onnx-burn (every node on burn's op), nhwc-im2col and onnx-im2col "
+                         "(nhwc and onnx with Winograd off); ONNX-only models run the onnx paths of this list, or "
+                         "onnx and onnx-burn when it has none")
     ap.add_argument("--threads", type=int, default=2,
                     help="onnxruntime intra-op threads and burn's rayon threads (RAYON_NUM_THREADS)")
     ap.add_argument("--cpu-time", action="store_true",
@@ -105,7 +107,7 @@ def main():
             weights, graph, inp, x = prepared[m]
             paths = args.paths.split(",")
             if weights is None:
-                paths = [p for p in paths if p in ONNX_PATHS] or sorted(ONNX_PATHS)
+                paths = [p for p in paths if p in ONNX_PATHS] or ["onnx", "onnx-burn"]
             cmd = [args.bin, "bench", "--arch", m, "--input", inp,
                    "--classes", str(CLASSES[m]), "--batches", args.batches, "--min-seconds", str(args.min_seconds),
                    "--paths", ",".join(paths), "--onnx", graph]
@@ -143,8 +145,9 @@ def main():
               f"{row[metric]:>10.1f} {row['ratio_vs_onnxruntime']:>9.3f}")
     print(f"* default; onnxruntime: CPUExecutionProvider, intra_op_num_threads={args.threads}, "
           f"burn: RAYON_NUM_THREADS={args.threads}; "
-          "path nhwc: served built-ins (NHWC im2col + GEMM), reference: burn modules' forward, "
-          "onnx: the graph through scorefleet's ONNX runner with its CPU kernels, onnx-burn: every node on burn ops")
+          "path nhwc: served built-ins (NHWC kernels: Winograd for 3x3 stride 1, else im2col + GEMM), "
+          "reference: burn modules' forward, onnx: the graph through scorefleet's ONNX runner with its CPU kernels, "
+          "onnx-burn: every node on burn ops, *-im2col: Winograd off")
 
 
 if __name__ == "__main__":

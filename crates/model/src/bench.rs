@@ -20,6 +20,10 @@ pub enum ForwardPath {
     Onnx,
     /// The same graph with every node on burn's own op (no overrides, no folding).
     OnnxBurn,
+    /// [`ForwardPath::Nhwc`] with Winograd off: every convolution on im2col + GEMM.
+    NhwcIm2col,
+    /// [`ForwardPath::Onnx`] with Winograd off: every convolution on im2col + GEMM.
+    OnnxIm2col,
 }
 
 impl std::str::FromStr for ForwardPath {
@@ -31,7 +35,9 @@ impl std::str::FromStr for ForwardPath {
             "reference" => Ok(ForwardPath::Reference),
             "onnx" => Ok(ForwardPath::Onnx),
             "onnx-burn" => Ok(ForwardPath::OnnxBurn),
-            other => Err(format!("path {other:?}: nhwc, reference, onnx or onnx-burn")),
+            "nhwc-im2col" => Ok(ForwardPath::NhwcIm2col),
+            "onnx-im2col" => Ok(ForwardPath::OnnxIm2col),
+            other => Err(format!("path {other:?}: nhwc, reference, onnx, onnx-burn, nhwc-im2col or onnx-im2col")),
         }
     }
 }
@@ -101,7 +107,11 @@ pub fn bench_network(
         // Reading the output back forces the (possibly lazy) backend to finish.
         let run = || -> Result<(), ModelError> {
             let logits = match path {
-                ForwardPath::Nhwc | ForwardPath::Onnx | ForwardPath::OnnxBurn => network.forward(make())?,
+                ForwardPath::Nhwc
+                | ForwardPath::Onnx
+                | ForwardPath::OnnxBurn
+                | ForwardPath::NhwcIm2col
+                | ForwardPath::OnnxIm2col => network.forward(make())?,
                 ForwardPath::Reference => network.forward_reference(make())?,
             };
             logits.into_data().try_to_vec_as::<f32>().map(|_| ()).map_err(|e| ModelError::Inference(format!("{e:?}")))

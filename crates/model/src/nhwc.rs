@@ -1,7 +1,10 @@
 //! The inference path: channels-last activations, every convolution as
 //! im2col + one GEMM (the `gemm` crate, which burn-flex's own matmul runs on)
 //! per chunk of output rows, with bias, residual, ReLU and 2×2 max-pooling
-//! fused around it.
+//! fused around it; 3×3 stride-1 convolutions, most of a ResNet's
+//! multiply-adds, optionally as a Winograd F(4×4, 3×3) or F(2×2, 3×3)
+//! instead ([`WinogradConv`]: 4× or 2.25× fewer multiplies, in t² GEMMs of
+//! transformed tiles), chosen per convolution at load ([`Conv::from_conv`]).
 //!
 //! Why: burn-flex's `conv2d` converts its input to NHWC, re-lays out the
 //! weights, allocates an im2col tile per (image, tile) and scatters the result
@@ -443,6 +446,15 @@ fn conv_out_hw(
     })
 }
 
+/// A burn convolution's padding as [top, left, bottom, right]; `Same` is refused.
+fn explicit_pad(padding: &PaddingConfig2d) -> Result<[usize; 4], ModelError> {
+    match *padding {
+        PaddingConfig2d::Valid => Ok([0; 4]),
+        PaddingConfig2d::Explicit(top, left, bottom, right) => Ok([top, left, bottom, right]),
+        _ => Err(ModelError::Invalid("NHWC convolution: `Same` padding is not supported".into())),
+    }
+}
+
 /// Refuses a fused shortcut whose shape is not the output's (`dims`, NHWC).
 fn check_residual(residual: Option<&Activations>, dims: [usize; 4]) -> Result<(), ModelError> {
     match residual {
@@ -503,11 +515,7 @@ impl GemmConv {
         if conv.groups != 1 {
             return Err(unsupported("groups"));
         }
-        let pad = match conv.padding {
-            PaddingConfig2d::Valid => [0; 4],
-            PaddingConfig2d::Explicit(top, left, bottom, right) => [top, left, bottom, right],
-            _ => return Err(unsupported("`Same` padding")),
-        };
+        let pad = explicit_pad(&conv.padding)?;
         let w = conv.weight.val();
         let dims = w.dims();
         let bias = conv.bias.as_ref().map(|b| floats(b.val(), "convolution bias")).transpose()?;
@@ -698,6 +706,665 @@ impl GemmConv {
             for (i, o) in px.iter_mut().enumerate() {
                 *o = act.one(max(max(a[i], b[i]), max(cc[i], d[i])) + self.bias[i]);
             }
+        }
+    }
+}
+
+/// Output tile size of the Winograd kernels [`WinogradConv`] implements.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WinogradTile {
+    /// F(2×2, 3×3): 4×4 input tiles, 16 products per 4 outputs (2.25× fewer
+    /// multiplies than direct), rounding close to a direct convolution's.
+    F2,
+    /// F(4×4, 3×3): 6×6 input tiles, 36 products per 16 outputs (4× fewer),
+    /// with larger transform coefficients and so larger rounding error.
+    F4,
+}
+
+/// The three transform matrices of one Winograd F(m×m, 3×3), row-major:
+/// `Bᵀ` [t, t], `G` [t, 3], `Aᵀ` [m, t], t = m + 2 (Lavin & Gray, 2015).
+/// `G` transforms the weights at load; the kernels apply `Bᵀ` and `Aᵀ` as
+/// the written-out [`Tile`] transforms, which tests check against these.
+struct Transforms {
+    m: usize,
+    #[cfg(test)]
+    bt: &'static [f32],
+    g: &'static [f32],
+    #[cfg(test)]
+    at: &'static [f32],
+}
+
+#[rustfmt::skip]
+const F2: Transforms = Transforms {
+    m: 2,
+    #[cfg(test)]
+    bt: &[
+        1.0, 0.0, -1.0, 0.0,
+        0.0, 1.0, 1.0, 0.0,
+        0.0, -1.0, 1.0, 0.0,
+        0.0, 1.0, 0.0, -1.0,
+    ],
+    g: &[
+        1.0, 0.0, 0.0,
+        0.5, 0.5, 0.5,
+        0.5, -0.5, 0.5,
+        0.0, 0.0, 1.0,
+    ],
+    #[cfg(test)]
+    at: &[
+        1.0, 1.0, 1.0, 0.0,
+        0.0, 1.0, -1.0, -1.0,
+    ],
+};
+
+#[rustfmt::skip]
+const F4: Transforms = Transforms {
+    m: 4,
+    #[cfg(test)]
+    bt: &[
+        4.0, 0.0, -5.0, 0.0, 1.0, 0.0,
+        0.0, -4.0, -4.0, 1.0, 1.0, 0.0,
+        0.0, 4.0, -4.0, -1.0, 1.0, 0.0,
+        0.0, -2.0, -1.0, 2.0, 1.0, 0.0,
+        0.0, 2.0, -1.0, -2.0, 1.0, 0.0,
+        0.0, 4.0, 0.0, -5.0, 0.0, 1.0,
+    ],
+    g: &[
+        1.0 / 4.0, 0.0, 0.0,
+        -1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0,
+        -1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0,
+        1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0,
+        1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0,
+        0.0, 0.0, 1.0,
+    ],
+    #[cfg(test)]
+    at: &[
+        1.0, 1.0, 1.0, 1.0, 1.0, 0.0,
+        0.0, 1.0, -1.0, 2.0, -2.0, 0.0,
+        0.0, 1.0, 1.0, 4.0, 4.0, 0.0,
+        0.0, 1.0, -1.0, 8.0, -8.0, 1.0,
+    ],
+};
+
+impl WinogradTile {
+    /// The tile served by default (the built-in ResNet-18, the ONNX runner's
+    /// CPU kernels).
+    pub const SERVED: WinogradTile = WinogradTile::F4;
+
+    fn transforms(self) -> &'static Transforms {
+        match self {
+            WinogradTile::F2 => &F2,
+            WinogradTile::F4 => &F4,
+        }
+    }
+
+    /// Outputs per tile side.
+    pub fn m(self) -> usize {
+        self.transforms().m
+    }
+
+    /// `F(2×2,3×3)` or `F(4×4,3×3)`.
+    pub fn name(self) -> &'static str {
+        match self {
+            WinogradTile::F2 => "F(2×2,3×3)",
+            WinogradTile::F4 => "F(4×4,3×3)",
+        }
+    }
+}
+
+/// Transformed floats (input and GEMM output) per chunk of tiles (1 MB):
+/// a chunk's transforms and GEMMs stay in L2.
+const WINOGRAD_FLOATS: usize = 1 << 18;
+/// Fewest tiles per chunk (unless the layer has fewer): each of the t² GEMMs
+/// of a chunk packs a `[c_in, c_out]` weight matrix, so a chunk must be long
+/// enough to amortise that.
+const MIN_TILES: usize = 32;
+
+/// A 3×3, stride-1, undilated, ungrouped convolution as a Winograd
+/// F(m×m, 3×3) on NHWC activations: each m×m block of outputs is computed
+/// from its (m+2)×(m+2) input tile as `Aᵀ [(G g Gᵀ) ⊙ (Bᵀ d B)] A`. The
+/// filters are transformed once at load into t² = (m+2)² matrices
+/// `[c_in, c_out]`; per chunk of tiles the input tiles are transformed into
+/// t² matrices `[tiles, c_in]`, multiplied by the filters' (t² GEMMs, the
+/// products summed over input channels inside each GEMM), and transformed back
+/// into the output with bias, shortcut, activation and optionally 2×2
+/// max-pooling fused. Chunks are whole rows of tiles, so each writes one
+/// contiguous range of output rows.
+#[derive(Debug, Clone)]
+pub struct WinogradConv {
+    /// [t², c_in', c_out'] (channels rounded up to whole blocks of
+    /// [`LANES`], zero past c_in and c_out): `G g Gᵀ` per (input, output)
+    /// channel pair, one GEMM right-hand side per tile position.
+    weight: Vec<f32>,
+    /// [c_out]
+    bias: Vec<f32>,
+    c_in: usize,
+    c_out: usize,
+    tile: WinogradTile,
+    /// [top, left, bottom, right], used by [`WinogradConv::forward`].
+    pad: [usize; 4],
+    /// The same convolution on im2col + GEMM, for layers of few tiles (see
+    /// [`MIN_LAYER_TILES`]).
+    im2col: GemmConv,
+}
+
+/// Fewest tiles (images × tiles per image) a layer runs on Winograd with.
+/// Below, its GEMMs have a handful of rows each, so reading the t²
+/// transformed weight matrices (4× the size of the 3×3 filters for
+/// F(4×4)) costs more than the multiplies saved. ResNet-18 at batch 1 on 2
+/// threads (its last stage has 4 tiles per image) with every 3×3 stride-1
+/// layer on Winograd: 42 images per CPU second, im2col alone 42, with this
+/// bound 57; at batch 8 (parts of 4 images, 16 tiles) within noise of
+/// every layer on Winograd, and a bound of 32 (that stage on im2col) no
+/// better.
+const MIN_LAYER_TILES: usize = 16;
+
+impl WinogradConv {
+    /// Whether this kernel computes a convolution of this geometry: 3×3,
+    /// stride 1, dilation 1 (groups are the caller's to check).
+    pub fn applies(kernel: [usize; 2], stride: [usize; 2], dilation: [usize; 2]) -> bool {
+        kernel == [3, 3] && stride == [1, 1] && dilation == [1, 1]
+    }
+
+    /// From ONNX/PyTorch-layout weights `[c_out, c_in, 3, 3]` (row-major) and
+    /// an optional bias; `pad` is [top, left, bottom, right].
+    pub fn new(
+        weight: &[f32],
+        [c_out, c_in, kh, kw]: [usize; 4],
+        bias: Option<&[f32]>,
+        pad: [usize; 4],
+        tile: WinogradTile,
+    ) -> Result<Self, ModelError> {
+        if [kh, kw] != [3, 3] {
+            return Err(ModelError::Invalid(format!("Winograd convolution of a {kh}×{kw} kernel (3×3 only)")));
+        }
+        if weight.len() != c_out * c_in * 9 || bias.is_some_and(|b| b.len() != c_out) {
+            return Err(ModelError::Invalid(format!("convolution weights do not match [{c_out}, {c_in}, 3, 3]")));
+        }
+        let tr = tile.transforms();
+        let t = tr.m + 2;
+        // Rows and columns past c_in, c_out stay zero (see `padded`).
+        let (ci_pad, co_pad) = (padded(c_in), padded(c_out));
+        let mut laid = vec![0.0; t * t * ci_pad * co_pad];
+        // U[r·t + s] = Σ_{k,c} G[r][k] G[s][c] g[k·3 + c]: per input channel,
+        // its 9 taps of every filter gathered into rows of c_out, then each
+        // of the t² rows of U a sum of those rows (this runs at every worker start).
+        let coef: Vec<[f32; 9]> = (0..t * t)
+            .map(|xi| {
+                let (r, s) = (xi / t, xi % t);
+                std::array::from_fn(|kc| (tr.g[r * 3 + kc / 3] as f64 * tr.g[s * 3 + kc % 3] as f64) as f32)
+            })
+            .collect();
+        let mut taps = vec![0.0f32; 9 * c_out];
+        for i in 0..c_in {
+            for (o, filter) in weight.chunks_exact(c_in * 9).enumerate() {
+                for (kc, w) in filter[i * 9..(i + 1) * 9].iter().enumerate() {
+                    taps[kc * c_out + o] = *w;
+                }
+            }
+            for (xi, coef) in coef.iter().enumerate() {
+                let row = &mut laid[(xi * ci_pad + i) * co_pad..][..c_out];
+                for (kc, &a) in coef.iter().enumerate() {
+                    if a != 0.0 {
+                        row.iter_mut().zip(&taps[kc * c_out..(kc + 1) * c_out]).for_each(|(u, w)| *u += a * w);
+                    }
+                }
+            }
+        }
+        let im2col = GemmConv::new(weight, [c_out, c_in, 3, 3], bias, [1, 1], [1, 1], pad)?;
+        Ok(Self {
+            weight: laid,
+            bias: bias.map_or_else(|| vec![0.0; c_out], <[f32]>::to_vec),
+            c_in,
+            c_out,
+            tile,
+            pad,
+            im2col,
+        })
+    }
+
+    /// Lays out a burn convolution's weights for this kernel; refuses what it
+    /// does not compute (see [`WinogradConv::applies`]; groups, `Same` padding).
+    pub fn from_conv(conv: &Conv2d, tile: WinogradTile) -> Result<Self, ModelError> {
+        let [_, _, kh, kw] = conv.weight.dims();
+        if conv.groups != 1 || !Self::applies([kh, kw], conv.stride, conv.dilation) {
+            return Err(ModelError::Invalid("Winograd convolution: only 3×3, stride 1, dilation 1, group 1".into()));
+        }
+        let pad = explicit_pad(&conv.padding)?;
+        let w = conv.weight.val();
+        let dims = w.dims();
+        let bias = conv.bias.as_ref().map(|b| floats(b.val(), "convolution bias")).transpose()?;
+        Self::new(&floats(w, "convolution weight")?, dims, bias.as_deref(), pad, tile)
+    }
+
+    /// The tile this convolution runs with.
+    pub fn tile(&self) -> WinogradTile {
+        self.tile
+    }
+
+    /// `[batch, h', w', c_out]` of the output for `x` with `pad`.
+    pub fn out_dims(&self, x: &Activations, pad: [usize; 4]) -> Result<[usize; 4], ModelError> {
+        let (oh, ow) = conv_out_hw((x.height, x.width), pad, [3, 3], [1, 1], [1, 1])?;
+        Ok([x.batch, oh, ow, self.c_out])
+    }
+
+    /// x: [batch, h, w, c_in] → [batch, h', w', c_out] (h'/2, w'/2 with `pool2`),
+    /// `epilogue(conv(x) + bias)`. `parallel`: use the rayon pool.
+    pub fn forward(&self, x: &Activations, epilogue: Epilogue<'_>, parallel: bool) -> Result<Activations, ModelError> {
+        self.forward_padded(x, self.pad, epilogue, parallel)
+    }
+
+    /// [`WinogradConv::forward`] with `pad` ([top, left, bottom, right])
+    /// instead of the padding given at construction. A layer of fewer than
+    /// [`MIN_LAYER_TILES`] tiles runs on im2col + GEMM instead.
+    pub fn forward_padded(
+        &self,
+        x: &Activations,
+        pad: [usize; 4],
+        epilogue: Epilogue<'_>,
+        parallel: bool,
+    ) -> Result<Activations, ModelError> {
+        let [_, oh, ow, _] = self.out_dims(x, pad)?;
+        let m = self.tile.m();
+        if x.batch * oh.div_ceil(m) * ow.div_ceil(m) < MIN_LAYER_TILES {
+            return self.im2col.forward_padded(x, pad, epilogue, parallel);
+        }
+        self.winograd_padded(x, pad, epilogue, parallel)
+    }
+
+    /// [`WinogradConv::forward_padded`], always on Winograd.
+    fn winograd_padded(
+        &self,
+        x: &Activations,
+        pad: [usize; 4],
+        epilogue: Epilogue<'_>,
+        parallel: bool,
+    ) -> Result<Activations, ModelError> {
+        if x.channels != self.c_in {
+            return Err(ModelError::Inference(format!("convolution takes {} channels, got {}", self.c_in, x.channels)));
+        }
+        if epilogue.pool2 && epilogue.residual.is_some() {
+            return Err(ModelError::Inference("a shortcut and 2×2 pooling together are not fused".into()));
+        }
+        let [_, oh, ow, _] = self.out_dims(x, pad)?;
+        let (ph, pw) = if epilogue.pool2 { (oh / 2, ow / 2) } else { (oh, ow) };
+        check_residual(epilogue.residual, [x.batch, ph, pw, self.c_out])?;
+        let m = self.tile.m();
+        let t = m + 2;
+        // Tiles per column and per row of an image; a tile row of an image
+        // writes output rows [ty·m', (ty+1)·m') ∩ [0, ph), m' = m (m/2 pooled).
+        let (th, tw) = (oh.div_ceil(m), ow.div_ceil(m));
+        let m_out = if epilogue.pool2 { m / 2 } else { m };
+        let tile_rows = x.batch * th;
+        let threads = if parallel { rayon::current_num_threads().max(1) } else { 1 };
+        let per_tile = t * t * (padded(self.c_in) + padded(self.c_out));
+        let rows_per_chunk = (WINOGRAD_FLOATS / (per_tile * tw).max(1))
+            .max(MIN_TILES.div_ceil(tw.max(1)))
+            .min(tile_rows.div_ceil(threads))
+            .max(1);
+        let mut out = buffer(x.batch * ph * pw * self.c_out);
+        if out.is_empty() || tile_rows == 0 {
+            return Ok(Activations { data: out, batch: x.batch, height: ph, width: pw, channels: self.c_out });
+        }
+        // First output row (flattened over images) of tile row `r`.
+        let row_of = |r: usize| (r / th) * ph + ((r % th) * m_out).min(ph);
+        let mut chunks = Vec::with_capacity(tile_rows.div_ceil(rows_per_chunk));
+        let mut rest: &mut [f32] = &mut out;
+        for start in (0..tile_rows).step_by(rows_per_chunk) {
+            let end = (start + rows_per_chunk).min(tile_rows);
+            let len = (row_of(end) - row_of(start)) * pw * self.c_out;
+            let (chunk, tail) = std::mem::take(&mut rest).split_at_mut(len);
+            chunks.push((start..end, chunk));
+            rest = tail;
+        }
+        let geometry = Geometry { oh, ow, ph, pw, th, tw, pad, m_out };
+        let n_chunks = chunks.len();
+        if !parallel {
+            chunks.into_iter().for_each(|(r, dst)| self.chunk(x, r, dst, &geometry, epilogue, false));
+        } else if n_chunks < threads {
+            chunks.into_iter().for_each(|(r, dst)| self.chunk(x, r, dst, &geometry, epilogue, true));
+        } else {
+            chunks.into_par_iter().for_each(|(r, dst)| self.chunk(x, r, dst, &geometry, epilogue, false));
+        }
+        Ok(Activations { data: out, batch: x.batch, height: ph, width: pw, channels: self.c_out })
+    }
+
+    /// Tile rows `rows` (flattened `(image, tile row)`) into `dst`, their
+    /// output rows: input transform, t² GEMMs, output transform + epilogue.
+    fn chunk(
+        &self,
+        x: &Activations,
+        rows: Range<usize>,
+        dst: &mut [f32],
+        g: &Geometry,
+        epilogue: Epilogue<'_>,
+        parallel: bool,
+    ) {
+        match self.tile {
+            WinogradTile::F2 => self.dispatch::<TileF2, 4, 2>(x, rows, dst, g, epilogue, parallel),
+            WinogradTile::F4 => self.dispatch::<TileF4, 6, 4>(x, rows, dst, g, epilogue, parallel),
+        }
+    }
+
+    /// [`WinogradConv::chunk_with`] compiled for the widest vector
+    /// instructions this CPU has: the crate is built for baseline x86-64
+    /// (SSE2), which would leave the transforms at 4 lanes while the GEMMs
+    /// (the `gemm` crate dispatches the same way) use 16.
+    #[allow(unsafe_code)]
+    fn dispatch<K: Tile<T, M>, const T: usize, const M: usize>(
+        &self,
+        x: &Activations,
+        rows: Range<usize>,
+        dst: &mut [f32],
+        g: &Geometry,
+        epilogue: Epilogue<'_>,
+        parallel: bool,
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::arch::is_x86_feature_detected!("avx512f") {
+                // SAFETY: the CPU has AVX-512F, checked just above.
+                return unsafe { self.chunk_avx512::<K, T, M>(x, rows, dst, g, epilogue, parallel) };
+            }
+            if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU has AVX2 and FMA, checked just above.
+                return unsafe { self.chunk_avx2::<K, T, M>(x, rows, dst, g, epilogue, parallel) };
+            }
+        }
+        self.chunk_with::<K, T, M>(x, rows, dst, g, epilogue, parallel)
+    }
+
+    /// [`WinogradConv::chunk_with`] with AVX-512F.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    fn chunk_avx512<K: Tile<T, M>, const T: usize, const M: usize>(
+        &self,
+        x: &Activations,
+        rows: Range<usize>,
+        dst: &mut [f32],
+        g: &Geometry,
+        epilogue: Epilogue<'_>,
+        parallel: bool,
+    ) {
+        self.chunk_with::<K, T, M>(x, rows, dst, g, epilogue, parallel)
+    }
+
+    /// [`WinogradConv::chunk_with`] with AVX2 and FMA.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    fn chunk_avx2<K: Tile<T, M>, const T: usize, const M: usize>(
+        &self,
+        x: &Activations,
+        rows: Range<usize>,
+        dst: &mut [f32],
+        g: &Geometry,
+        epilogue: Epilogue<'_>,
+        parallel: bool,
+    ) {
+        self.chunk_with::<K, T, M>(x, rows, dst, g, epilogue, parallel)
+    }
+
+    /// [`WinogradConv::chunk`] for tile `K`: `T`×`T` input tiles, `M`×`M` outputs.
+    #[inline(always)]
+    fn chunk_with<K: Tile<T, M>, const T: usize, const M: usize>(
+        &self,
+        x: &Activations,
+        rows: Range<usize>,
+        dst: &mut [f32],
+        g: &Geometry,
+        epilogue: Epilogue<'_>,
+        parallel: bool,
+    ) {
+        let (ci, co) = (self.c_in, self.c_out);
+        let (ci_pad, co_pad) = (padded(ci), padded(co));
+        let tiles = rows.len() * g.tw;
+        // Taken out, not borrowed (see GemmConv::forward_padded). Every
+        // element of both is written before it is read.
+        let (mut v, mut prod) = SCRATCH.take();
+        v.resize(T * T * tiles * ci_pad, 0.0);
+        prod.resize(T * T * tiles * co_pad, 0.0);
+        let image = x.plane() * ci;
+        let tiles_of = || rows.clone().flat_map(|r| (0..g.tw).map(move |tx| (r / g.th, r % g.th, tx))).enumerate();
+        // Input transform: v[ξ][j] = (Bᵀ d B)[ξ] for tile j, d its input tile
+        // (zero outside the image and beyond the last channel), LANES channels at a time.
+        let mut stage = [[[0.0f32; LANES]; T]; T];
+        for (j, (b, ty, tx)) in tiles_of() {
+            let img = &x.data[b * image..(b + 1) * image];
+            let y0 = (ty * M) as isize - g.pad[0] as isize;
+            let x0 = (tx * M) as isize - g.pad[1] as isize;
+            // Offsets in `img` of the tile's pixels, `None` outside the image.
+            let at: [[Option<usize>; T]; T] = std::array::from_fn(|r| {
+                let iy = y0 + r as isize;
+                std::array::from_fn(|s| {
+                    let ix = x0 + s as isize;
+                    let inside = iy >= 0 && iy < x.height as isize && ix >= 0 && ix < x.width as isize;
+                    inside.then(|| (iy as usize * x.width + ix as usize) * ci)
+                })
+            });
+            for c0 in (0..ci).step_by(LANES) {
+                let lanes = LANES.min(ci - c0);
+                // The last block of channels, when partial, is copied out zero-padded.
+                if lanes < LANES {
+                    for (r, row) in stage.iter_mut().enumerate() {
+                        for (s, px) in row.iter_mut().enumerate() {
+                            *px = [0.0; LANES];
+                            if let Some(a) = at[r][s] {
+                                px[..lanes].copy_from_slice(&img[a + c0..a + c0 + lanes]);
+                            }
+                        }
+                    }
+                }
+                let d: [[&Lanes; T]; T] = std::array::from_fn(|r| {
+                    std::array::from_fn(|s| match at[r][s] {
+                        _ if lanes < LANES => &stage[r][s],
+                        Some(a) => img[a + c0..].first_chunk::<LANES>().unwrap_or(&ZERO_LANES),
+                        None => &ZERO_LANES,
+                    })
+                });
+                // Per lane: columns, then rows (Bᵀ d, then (Bᵀ d) B); the
+                // loop over lanes is the vector loop.
+                let mut out = [[[0.0f32; LANES]; T]; T];
+                for l in 0..LANES {
+                    let mut tmp = [[0.0f32; T]; T];
+                    for s in 0..T {
+                        let col = K::input(std::array::from_fn(|r| d[r][s][l]));
+                        (0..T).for_each(|i| tmp[i][s] = col[i]);
+                    }
+                    for i in 0..T {
+                        let row = K::input(tmp[i]);
+                        (0..T).for_each(|k| out[i][k][l] = row[k]);
+                    }
+                }
+                for (i, row) in out.iter().enumerate() {
+                    for (k, val) in row.iter().enumerate() {
+                        let at = ((i * T + k) * tiles + j) * ci_pad + c0;
+                        if let Some(dst) = v[at..].first_chunk_mut::<LANES>() {
+                            *dst = *val;
+                        }
+                    }
+                }
+            }
+        }
+        // prod[ξ] = v[ξ] [tiles, ci_pad] × weight[ξ] [ci_pad, co_pad]
+        for xi in 0..T * T {
+            let lhs = &v[xi * tiles * ci_pad..(xi + 1) * tiles * ci_pad];
+            let rhs = &self.weight[xi * ci_pad * co_pad..(xi + 1) * ci_pad * co_pad];
+            let out = &mut prod[xi * tiles * co_pad..(xi + 1) * tiles * co_pad];
+            sgemm(lhs, rhs, out, [tiles, ci_pad, co_pad], false, parallel);
+        }
+        // Output transform: y = Aᵀ prod A per tile, then the epilogue.
+        let first_row = (rows.start / g.th) * g.ph + ((rows.start % g.th) * g.m_out).min(g.ph);
+        for (j, (b, ty, tx)) in tiles_of() {
+            // Output rows and columns of this tile inside the (pooled) output.
+            let (oy0, ox0) = (ty * g.m_out, tx * g.m_out);
+            for c0 in (0..co).step_by(LANES) {
+                let lanes = LANES.min(co - c0);
+                let p: [[&Lanes; T]; T] = std::array::from_fn(|i| {
+                    std::array::from_fn(|k| {
+                        let at = ((i * T + k) * tiles + j) * co_pad + c0;
+                        prod[at..].first_chunk::<LANES>().unwrap_or(&ZERO_LANES)
+                    })
+                });
+                // Per lane: columns, then rows (Aᵀ p, then (Aᵀ p) A).
+                let mut y = [[[0.0f32; LANES]; M]; M];
+                for l in 0..LANES {
+                    let mut tmp = [[0.0f32; T]; M];
+                    for k in 0..T {
+                        let col = K::output(std::array::from_fn(|i| p[i][k][l]));
+                        (0..M).for_each(|a| tmp[a][k] = col[a]);
+                    }
+                    for a in 0..M {
+                        let row = K::output(tmp[a]);
+                        (0..M).for_each(|e| y[a][e][l] = row[e]);
+                    }
+                }
+                let bias = &self.bias[c0..c0 + lanes];
+                for a in 0..g.m_out {
+                    let oy = oy0 + a;
+                    if oy >= g.ph {
+                        break;
+                    }
+                    for e in 0..g.m_out {
+                        let ox = ox0 + e;
+                        if ox >= g.pw {
+                            break;
+                        }
+                        let at = ((b * g.ph + oy - first_row) * g.pw + ox) * co + c0;
+                        let o = &mut dst[at..at + lanes];
+                        if epilogue.pool2 {
+                            let (q, r) = (2 * a, 2 * e);
+                            for (l, o) in o.iter_mut().enumerate() {
+                                let m = max(max(y[q][r][l], y[q][r + 1][l]), max(y[q + 1][r][l], y[q + 1][r + 1][l]));
+                                *o = epilogue.act.one(m + bias[l]);
+                            }
+                        } else {
+                            // One pass over the stored output (the layer's largest stream).
+                            let act = epilogue.act;
+                            let ys = o.iter_mut().zip(&y[a][e]).zip(bias);
+                            if let Some(res) = epilogue.residual {
+                                let at = ((b * g.oh + oy) * g.ow + ox) * co + c0;
+                                let res = &res.data[at..at + lanes];
+                                ys.zip(res).for_each(|(((o, v), bias), r)| *o = act.one(v + bias + r));
+                            } else {
+                                ys.for_each(|((o, v), bias)| *o = act.one(v + bias));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        SCRATCH.set((v, prod));
+    }
+}
+
+/// Channels a Winograd transform handles at once (one AVX-512 register).
+const LANES: usize = 16;
+
+/// `LANES` channels of one tile element.
+type Lanes = [f32; LANES];
+
+/// A block of zero channels (padding, the channels past the last).
+const ZERO_LANES: Lanes = [0.0; LANES];
+
+/// `c` rounded up to whole blocks of `LANES` channels: the row stride of the
+/// transformed tiles, so that every block is loaded and stored whole.
+fn padded(c: usize) -> usize {
+    c.next_multiple_of(LANES)
+}
+
+/// One Winograd tile's 1-D transforms, written out: `Bᵀ` on `T` values and
+/// `Aᵀ` from `T` to `M` (the 2-D transforms apply them to columns, then
+/// rows, one channel at a time). Tests check them against the matrices of
+/// Lavin & Gray.
+trait Tile<const T: usize, const M: usize> {
+    /// `Bᵀ d`.
+    fn input(d: [f32; T]) -> [f32; T];
+    /// `Aᵀ m`.
+    fn output(m: [f32; T]) -> [f32; M];
+}
+
+/// F(2×2, 3×3).
+struct TileF2;
+/// F(4×4, 3×3).
+struct TileF4;
+
+impl Tile<4, 2> for TileF2 {
+    #[inline(always)]
+    fn input(d: [f32; 4]) -> [f32; 4] {
+        [d[0] - d[2], d[1] + d[2], d[2] - d[1], d[1] - d[3]]
+    }
+
+    #[inline(always)]
+    fn output(m: [f32; 4]) -> [f32; 2] {
+        [m[0] + m[1] + m[2], m[1] - m[2] - m[3]]
+    }
+}
+
+impl Tile<6, 4> for TileF4 {
+    #[inline(always)]
+    fn input(d: [f32; 6]) -> [f32; 6] {
+        [
+            4.0 * d[0] - 5.0 * d[2] + d[4],
+            -4.0 * (d[1] + d[2]) + d[3] + d[4],
+            4.0 * (d[1] - d[2]) - d[3] + d[4],
+            2.0 * (d[3] - d[1]) - d[2] + d[4],
+            2.0 * (d[1] - d[3]) - d[2] + d[4],
+            4.0 * d[1] - 5.0 * d[3] + d[5],
+        ]
+    }
+
+    #[inline(always)]
+    fn output(m: [f32; 6]) -> [f32; 4] {
+        let (a, b, c, d) = (m[1] + m[2], m[1] - m[2], m[3] + m[4], m[3] - m[4]);
+        [m[0] + a + c, b + 2.0 * d, a + 4.0 * c, b + 8.0 * d + m[5]]
+    }
+}
+
+/// Sizes a [`WinogradConv`] call shares with its chunks.
+struct Geometry {
+    /// Output height and width before pooling.
+    oh: usize,
+    ow: usize,
+    /// Stored output height and width (halved by `pool2`).
+    ph: usize,
+    pw: usize,
+    /// Tiles per column and per row of an image.
+    th: usize,
+    tw: usize,
+    /// [top, left, bottom, right]
+    pad: [usize; 4],
+    /// Stored output rows (and columns) per tile.
+    m_out: usize,
+}
+
+/// A group-1 convolution on the kernel chosen for it at load: Winograd where
+/// it applies and is asked for, else im2col + GEMM.
+#[derive(Debug, Clone)]
+pub enum Conv {
+    /// im2col + GEMM.
+    Gemm(GemmConv),
+    /// Winograd F(m×m, 3×3).
+    Winograd(WinogradConv),
+}
+
+impl Conv {
+    /// Lays out a burn convolution for the kernel that computes it:
+    /// [`WinogradConv`] with `winograd`'s tile when it applies, else [`GemmConv`].
+    pub fn from_conv(conv: &Conv2d, winograd: Option<WinogradTile>) -> Result<Self, ModelError> {
+        let [_, _, kh, kw] = conv.weight.dims();
+        match winograd {
+            Some(tile) if conv.groups == 1 && WinogradConv::applies([kh, kw], conv.stride, conv.dilation) => {
+                Ok(Conv::Winograd(WinogradConv::from_conv(conv, tile)?))
+            }
+            _ => Ok(Conv::Gemm(GemmConv::from_conv(conv)?)),
+        }
+    }
+
+    /// x: [batch, h, w, c_in] → [batch, h', w', c_out], `epilogue(conv(x) + bias)`.
+    pub fn forward(&self, x: &Activations, epilogue: Epilogue<'_>, parallel: bool) -> Result<Activations, ModelError> {
+        match self {
+            Conv::Gemm(c) => c.forward(x, epilogue, parallel),
+            Conv::Winograd(c) => c.forward(x, epilogue, parallel),
         }
     }
 }
@@ -1049,6 +1716,124 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// 3×3 stride-1 convolutions for the Winograd kernels: (c_in, c_out, pads [t, l, b, r], h, w),
+    /// sizes that are and are not multiples of the tiles, asymmetric and no padding, one pixel.
+    const WINOGRAD: [(usize, usize, [usize; 4], usize, usize); 6] = [
+        (8, 16, [1, 1, 1, 1], 8, 8),
+        (5, 7, [1, 1, 1, 1], 9, 7),
+        (3, 4, [0, 0, 0, 0], 11, 6),
+        (6, 5, [2, 0, 1, 2], 5, 10),
+        (16, 8, [1, 1, 1, 1], 1, 1),
+        (64, 32, [1, 1, 1, 1], 14, 14),
+    ];
+
+    /// Winograd rounds differently from a direct sum (its transforms scale
+    /// and cancel terms): F(2×2) stays within 1e-4 of burn's `conv2d`, F(4×4)
+    /// (coefficients up to 8 and 1/24) within 1e-3, on O(1) inputs and outputs.
+    fn winograd_tolerance(tile: WinogradTile) -> f32 {
+        match tile {
+            WinogradTile::F2 => 1e-4,
+            WinogradTile::F4 => 1e-3,
+        }
+    }
+
+    #[test]
+    fn winograd_convolution_equals_burn_conv2d_with_shortcut_activation_and_pooling() {
+        use burn::tensor::module::{conv2d, max_pool2d};
+        use burn::tensor::ops::{ConvOptions, MaxPoolOptions};
+        for backend in BackendKind::all() {
+            let device = backend.device();
+            for tile in [WinogradTile::F2, WinogradTile::F4] {
+                let tol = winograd_tolerance(tile);
+                // Batch 3 and a batch that splits into several chunks per thread.
+                for batch in [3, 40] {
+                    for (c_in, c_out, pad, h, w) in WINOGRAD {
+                        let x = random([batch, c_in, h, w], &device);
+                        let wt = random([c_out, c_in, 3, 3], &device) / (3.0 * (c_in as f32).sqrt());
+                        let bias = Tensor::<1>::random([c_out], Distribution::Normal(0.0, 1.0), &device);
+                        let opts =
+                            ConvOptions::new_with_padding([1, 1], [(pad[0], pad[2]), (pad[1], pad[3])], [1, 1], 1);
+                        let reference = conv2d(x.clone(), wt.clone(), Some(bias.clone()), opts);
+                        let shortcut = random(reference.dims(), &device);
+                        let (wv, bv) = (values(wt.clone()), values(bias));
+                        let fast = WinogradConv::new(&wv, wt.dims(), Some(&bv), pad, tile).expect("winograd");
+                        let xa = Activations::from_nchw(x).expect("nhwc");
+                        let residual = Activations::from_nchw(shortcut.clone()).expect("nhwc");
+                        let case = format!("{backend} {tile:?} batch {batch} {c_in}→{c_out} {pad:?} {h}×{w}");
+                        let case = &case;
+                        // Always on Winograd, and as chosen (small layers on im2col + GEMM).
+                        for (parallel, always) in [(false, true), (true, true), (true, false)] {
+                            let forward = |x: &Activations, e: Epilogue<'_>, parallel: bool| {
+                                if always {
+                                    fast.winograd_padded(x, pad, e, parallel)
+                                } else {
+                                    fast.forward(x, e, parallel)
+                                }
+                            };
+                            let plain = forward(&xa, Epilogue::default(), parallel).expect("forward");
+                            let diff = max_diff(nhwc_to_nchw(&plain, &device), reference.clone());
+                            assert!(diff < tol, "{case} {parallel} {always} plain: {diff}");
+
+                            let epilogue = Epilogue { residual: Some(&residual), act: Act::Relu, pool2: false };
+                            let got = forward(&xa, epilogue, parallel).expect("forward");
+                            let expected = burn::tensor::activation::relu(reference.clone() + shortcut.clone());
+                            let diff = max_diff(nhwc_to_nchw(&got, &device), expected);
+                            assert!(diff < tol, "{case} {parallel} {always} shortcut + relu: {diff}");
+
+                            let epilogue = Epilogue { residual: None, act: Act::Clip(-0.5, 1.0), pool2: true };
+                            let got = forward(&xa, epilogue, parallel).expect("forward");
+                            let [_, _, oh, ow] = reference.dims();
+                            if oh >= 2 && ow >= 2 {
+                                let expected =
+                                    max_pool2d(reference.clone(), MaxPoolOptions::new([2, 2]).with_stride([2, 2]))
+                                        .clamp(-0.5, 1.0);
+                                let diff = max_diff(nhwc_to_nchw(&got, &device), expected);
+                                assert!(diff < tol, "{case} {parallel} {always} clip + pool2: {diff}");
+                            } else {
+                                assert!(got.data.is_empty(), "{case}: pooling a 1-pixel output leaves nothing");
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// `K`'s written-out 1-D transforms on unit vectors give the columns of `tr`'s matrices.
+    fn check_tile<K: Tile<T, M>, const T: usize, const M: usize>(tr: &Transforms) {
+        for n in 0..T {
+            let unit: [f32; T] = std::array::from_fn(|r| if r == n { 1.0 } else { 0.0 });
+            let (input, output) = (K::input(unit), K::output(unit));
+            (0..T).for_each(|i| assert_eq!(input[i], tr.bt[i * T + n], "Bᵀ[{i}][{n}]"));
+            (0..M).for_each(|a| assert_eq!(output[a], tr.at[a * T + n], "Aᵀ[{a}][{n}]"));
+        }
+    }
+
+    #[test]
+    fn written_out_winograd_transforms_equal_their_matrices() {
+        check_tile::<TileF2, 4, 2>(&F2);
+        check_tile::<TileF4, 6, 4>(&F4);
+    }
+
+    #[test]
+    fn winograd_is_chosen_only_where_it_applies() {
+        let device = BackendKind::all()[0].device();
+        let conv = |k: usize, stride: usize, groups: usize| {
+            Conv2dConfig::new([4, 4], [k, k])
+                .with_stride([stride, stride])
+                .with_groups(groups)
+                .with_padding(PaddingConfig2d::Explicit(1, 1, 1, 1))
+                .init(&device)
+        };
+        let tile = Some(WinogradTile::F4);
+        assert!(matches!(Conv::from_conv(&conv(3, 1, 1), tile), Ok(Conv::Winograd(_))));
+        assert!(matches!(Conv::from_conv(&conv(3, 1, 1), None), Ok(Conv::Gemm(_))), "switched off");
+        assert!(matches!(Conv::from_conv(&conv(3, 2, 1), tile), Ok(Conv::Gemm(_))), "stride 2");
+        assert!(matches!(Conv::from_conv(&conv(5, 1, 1), tile), Ok(Conv::Gemm(_))), "5×5");
+        assert!(Conv::from_conv(&conv(3, 1, 2), tile).is_err(), "grouped: neither kernel");
+        assert!(WinogradConv::new(&[0.0; 4 * 4 * 25], [4, 4, 5, 5], None, [0; 4], WinogradTile::F2).is_err());
     }
 
     #[test]

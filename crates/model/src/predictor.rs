@@ -17,6 +17,7 @@ use crate::backend::BackendKind;
 use crate::digits::{DigitsNet, DigitsNhwc};
 use crate::error::ModelError;
 use crate::manifest::{Format, Layout, Manifest, Task};
+use crate::nhwc::WinogradTile;
 use crate::onnx::OnnxModel;
 use crate::onnx::value::{Data, Value};
 use crate::preprocess::{ImagePreprocessor, Limits};
@@ -191,13 +192,28 @@ fn concat_batches(parts: Vec<Vec<Value>>) -> Result<Vec<Value>, ModelError> {
 }
 
 impl Network {
-    /// Builds `architecture` and loads PyTorch-layout safetensors `bytes` into it.
+    /// Builds `architecture` and loads PyTorch-layout safetensors `bytes` into
+    /// it, with the CPU kernels it is served with ([`WinogradTile::SERVED`]).
     pub fn load(
         architecture: &str,
         classes: usize,
         bytes: Vec<u8>,
         source_name: &str,
         device: &Device,
+    ) -> Result<Self, ModelError> {
+        Self::load_with(architecture, classes, bytes, source_name, device, Some(WinogradTile::SERVED))
+    }
+
+    /// [`Network::load`] with the Winograd tile of the NHWC path's 3×3
+    /// stride-1 convolutions chosen (`None`: all on im2col + GEMM; benchmarks
+    /// compare the two).
+    pub fn load_with(
+        architecture: &str,
+        classes: usize,
+        bytes: Vec<u8>,
+        source_name: &str,
+        device: &Device,
+        winograd: Option<WinogradTile>,
     ) -> Result<Self, ModelError> {
         match architecture {
             "digits" => {
@@ -212,7 +228,10 @@ impl Network {
                 let mut raw = ResNet18Raw::new(classes, device);
                 raw.load_pytorch(bytes, source_name)?;
                 let net = raw.fold();
-                Ok(Network::ResNet18 { fast: Box::new(ResNet18Nhwc::new(&net)?), reference: Some(Box::new(net)) })
+                Ok(Network::ResNet18 {
+                    fast: Box::new(ResNet18Nhwc::new(&net, winograd)?),
+                    reference: Some(Box::new(net)),
+                })
             }
             other => Err(ModelError::Invalid(format!("unknown architecture {other:?} (digits, resnet18)"))),
         }

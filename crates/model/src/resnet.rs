@@ -10,7 +10,7 @@
 //! [`ResNet18`], which has no BatchNorm at all.
 
 use crate::error::ModelError;
-use crate::nhwc::{Act, Activations, Dense, Epilogue, GemmConv, run_batched};
+use crate::nhwc::{Act, Activations, Conv, Dense, Epilogue, GemmConv, WinogradTile, run_batched};
 use crate::weights;
 use burn::module::Param;
 use burn::nn::conv::{Conv2d, Conv2dConfig};
@@ -196,8 +196,10 @@ impl ResNet18 {
 /// A [`Block`] prepared for the NHWC path.
 #[derive(Debug, Clone)]
 struct BlockNhwc {
-    conv1: GemmConv,
-    conv2: GemmConv,
+    /// 3×3, stride 1 or 2.
+    conv1: Conv,
+    /// 3×3, stride 1.
+    conv2: Conv,
     downsample: Option<GemmConv>,
 }
 
@@ -213,8 +215,10 @@ pub struct ResNet18Nhwc {
 }
 
 impl ResNet18Nhwc {
-    /// Lays out `net`'s weights for the NHWC path.
-    pub fn new(net: &ResNet18) -> Result<Self, ModelError> {
+    /// Lays out `net`'s weights for the NHWC path: the 3×3 stride-1
+    /// convolutions on Winograd with `winograd`'s tile (`None`: every
+    /// convolution on im2col + GEMM).
+    pub fn new(net: &ResNet18, winograd: Option<WinogradTile>) -> Result<Self, ModelError> {
         let blocks = net
             .layer1
             .iter()
@@ -223,8 +227,8 @@ impl ResNet18Nhwc {
             .chain(&net.layer4)
             .map(|b| {
                 Ok(BlockNhwc {
-                    conv1: GemmConv::from_conv(&b.conv1)?,
-                    conv2: GemmConv::from_conv(&b.conv2)?,
+                    conv1: Conv::from_conv(&b.conv1, winograd)?,
+                    conv2: Conv::from_conv(&b.conv2, winograd)?,
                     downsample: b.downsample.as_ref().map(GemmConv::from_conv).transpose()?,
                 })
             })

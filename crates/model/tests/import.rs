@@ -61,6 +61,7 @@ fn compare(arch: &str, classes: usize) {
     for backend in BackendKind::all() {
         let device = backend.device();
         let net = Network::load(arch, classes, weights.clone(), arch, &device).expect("load");
+        let im2col = Network::load_with(arch, classes, weights.clone(), arch, &device, None).expect("load");
         let x = burn::Tensor::<4>::from_data(
             burn::tensor::TensorData::new(input.clone(), [in_shape[0], in_shape[1], in_shape[2], in_shape[3]]),
             &device,
@@ -72,11 +73,13 @@ fn compare(arch: &str, classes: usize) {
         let input_value = Value::floats(input.clone(), shape, &device).expect("input");
         let onnx_out = runner.run(vec![input_value]).expect("run").swap_remove(0);
         let onnx_y = onnx_out.into_float("output").expect("float").reshape([out_shape[0], out_shape[1]]);
-        // Three paths: the burn modules' forward, the NHWC path the predictor
-        // serves, and the graph through the runner.
+        // Four paths: the burn modules' forward, the NHWC path the predictor
+        // serves (Winograd for the 3×3 stride-1 convolutions), the same with
+        // every convolution on im2col + GEMM, and the graph through the runner.
         for (path, y) in [
             ("reference", net.forward_reference(x.clone()).expect("reference")),
-            ("nhwc", net.forward(x).expect("forward")),
+            ("nhwc", net.forward(x.clone()).expect("forward")),
+            ("nhwc im2col", im2col.forward(x).expect("forward")),
             ("onnx runner", onnx_y),
         ] {
             assert_eq!(y.dims().to_vec(), out_shape);
@@ -101,7 +104,7 @@ fn resnet18_matches_onnxruntime_with_batchnorm_folded() {
 }
 
 /// An ONNX-only network through the runner on every backend, with the CPU
-/// kernels (and folding) and with every node on burn's op, against
+/// kernels (and folding), the same with Winograd off, and with every node on burn's op, against
 /// onnxruntime: relative to the largest output, within 1e-4. Returns the
 /// kernels the runner chose on the first CPU backend, or `None` when no CPU
 /// backend is compiled in (`make test-wgpu`: every node on burn's ops).
@@ -116,7 +119,8 @@ fn compare_onnx(name: &str, extra: &[&str]) -> Option<std::collections::BTreeMap
     let mut chosen = None;
     for backend in BackendKind::all() {
         let device = backend.device();
-        for options in [Options::for_device(&device), Options::burn_only()] {
+        let im2col = Options { winograd: None, ..Options::for_device(&device) };
+        for options in [Options::for_device(&device), im2col, Options::burn_only()] {
             let runner = OnnxModel::from_bytes_with(&graph, &device, options).expect("the runner loads it");
             if options.cpu_kernels && chosen.is_none() {
                 chosen = Some(runner.overrides.clone());
@@ -142,7 +146,7 @@ fn runs_on(chosen: &std::collections::BTreeMap<String, usize>, kernel: &str) -> 
 fn convolution_and_pooling_settings_of_real_exports_match_onnxruntime_with_and_without_cpu_kernels() {
     let Some(chosen) = compare_onnx("geometry", &[]) else { return };
     eprintln!("geometry: {chosen:?}");
-    for k in ["Conv (im2col + GEMM", "Conv (depthwise", "MaxPool", "Concat", "GlobalAveragePool"] {
+    for k in ["Conv (im2col + GEMM", "Conv (depthwise", "Conv (Winograd", "MaxPool", "Concat", "GlobalAveragePool"] {
         assert!(runs_on(&chosen, k), "geometry runs no {k} kernel: {chosen:?}");
     }
 }
@@ -163,5 +167,7 @@ fn squeezenet_and_resnet50_match_onnxruntime_with_and_without_cpu_kernels() {
     }
     if let Some(resnet) = compare_onnx("resnet50", &[]) {
         assert!(runs_on(&resnet, "Conv (im2col + GEMM + Add + Relu)"), "the shortcut Sum fuses: {resnet:?}");
+        // Each bottleneck's 3×3 convolution (stride 1 but in the first block of a stage).
+        assert!(runs_on(&resnet, "Conv (Winograd F(4×4,3×3) + Relu)"), "3×3 stride 1 on Winograd: {resnet:?}");
     }
 }

@@ -110,7 +110,8 @@ enum Command {
         min_seconds: f64,
         /// Forward paths, comma-separated: `nhwc` (served), `reference` (burn
         /// modules), `onnx` (the --onnx graph through the runner, CPU kernels
-        /// on), `onnx-burn` (the same, every node on burn's op).
+        /// on), `onnx-burn` (the same, every node on burn's op), `nhwc-im2col`
+        /// and `onnx-im2col` (`nhwc` and `onnx` without Winograd).
         #[arg(long, value_delimiter = ',', default_value = "nhwc")]
         paths: Vec<ForwardPath>,
         /// The same network as an ONNX file, for the `onnx` path.
@@ -296,7 +297,8 @@ fn main() -> Result<()> {
                 t.data().chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
             let backends = if backends.is_empty() { BackendKind::all() } else { backends };
             // The built-in network's weights, read once, for the nhwc and reference paths.
-            let weights = if paths.iter().any(|p| matches!(p, ForwardPath::Nhwc | ForwardPath::Reference)) {
+            let builtin_paths = [ForwardPath::Nhwc, ForwardPath::Reference, ForwardPath::NhwcIm2col];
+            let weights = if paths.iter().any(|p| builtin_paths.contains(p)) {
                 let wpath = wpath.as_ref().context("--paths nhwc and reference need --weights FILE")?;
                 let bytes = std::fs::read(wpath).with_context(|| wpath.display().to_string())?;
                 Some((bytes, wpath.display().to_string()))
@@ -309,16 +311,22 @@ fn main() -> Result<()> {
                     Some((bytes, name)) => Some(Network::load(&arch, classes, bytes.clone(), name, &device)?),
                     None => None,
                 };
+                let builtin_im2col = match &weights {
+                    Some((bytes, name)) if paths.contains(&ForwardPath::NhwcIm2col) => {
+                        Some(Network::load_with(&arch, classes, bytes.clone(), name, &device, None)?)
+                    }
+                    _ => None,
+                };
                 for &path in &paths {
                     let graph_net;
                     let net = match path {
-                        ForwardPath::Onnx | ForwardPath::OnnxBurn => {
+                        ForwardPath::Onnx | ForwardPath::OnnxBurn | ForwardPath::OnnxIm2col => {
                             let file = onnx.as_ref().context("--paths onnx needs --onnx FILE")?;
                             let bytes = std::fs::read(file).with_context(|| file.display().to_string())?;
-                            let options = if path == ForwardPath::Onnx {
-                                Options::for_device(&device)
-                            } else {
-                                Options::burn_only()
+                            let options = match path {
+                                ForwardPath::Onnx => Options::for_device(&device),
+                                ForwardPath::OnnxIm2col => Options { winograd: None, ..Options::for_device(&device) },
+                                _ => Options::burn_only(),
                             };
                             let model = OnnxModel::from_bytes_with(&bytes, &device, options)?;
                             let manifest = Manifest { input_shape: chw, ..Manifest::default() };
@@ -330,6 +338,9 @@ fn main() -> Result<()> {
                         }
                         ForwardPath::Nhwc | ForwardPath::Reference => {
                             builtin.as_ref().context("--paths nhwc and reference need --weights FILE")?
+                        }
+                        ForwardPath::NhwcIm2col => {
+                            builtin_im2col.as_ref().context("--paths nhwc-im2col needs --weights FILE")?
                         }
                     };
                     let rows = bench_network(

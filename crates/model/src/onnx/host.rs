@@ -1,9 +1,12 @@
 //! CPU kernels that stand in for burn's op on single nodes (per-node
 //! overrides), and the values they pass between each other.
 //!
-//! On a CPU backend a convolution with constant weights runs as im2col + one
-//! GEMM per chunk of rows ([`crate::nhwc::GemmConv`]) or, when depthwise, as
-//! a direct channel-vectorised loop ([`crate::nhwc::DepthwiseConv`]), with its
+//! On a CPU backend a convolution with constant weights runs as a Winograd
+//! F(m×m, 3×3) when it is 3×3, stride 1, undilated and ungrouped
+//! ([`crate::nhwc::WinogradConv`], unless [`super::Options::winograd`] is
+//! `None`), else as im2col + one GEMM per chunk of rows
+//! ([`crate::nhwc::GemmConv`]) or, when depthwise, as a direct
+//! channel-vectorised loop ([`crate::nhwc::DepthwiseConv`]), with its
 //! bias, a shortcut `Add` and a `Relu`/`Clip` fused into the store. Their
 //! results stay channels-last ([`Held::Host`]) while the nodes that read them
 //! have a kernel here too (pooling, `Concat` of channels, `Add`, activations);
@@ -13,7 +16,7 @@
 //! test that it equals burn's op (`crate::nhwc` tests, `tests/onnx.rs`).
 
 use super::value::{Data, Value};
-use crate::nhwc::{Act, Activations, DepthwiseConv, Epilogue, GemmConv, Pool};
+use crate::nhwc::{Act, Activations, DepthwiseConv, Epilogue, GemmConv, Pool, WinogradConv};
 use burn::prelude::*;
 use onnx_ir::node::padding::{AutoPad, PaddingConfig2d};
 use std::sync::Arc;
@@ -73,6 +76,8 @@ pub enum ConvKernel {
     Gemm(GemmConv),
     /// One filter per channel.
     Depthwise(DepthwiseConv),
+    /// Winograd F(m×m, 3×3) (3×3, stride 1, dilation 1, `group` = 1).
+    Winograd(WinogradConv),
 }
 
 impl ConvKernel {
@@ -80,6 +85,7 @@ impl ConvKernel {
         match self {
             ConvKernel::Gemm(c) => c.forward_padded(x, pad, e, true),
             ConvKernel::Depthwise(c) => c.forward_padded(x, pad, e, true),
+            ConvKernel::Winograd(c) => c.forward_padded(x, pad, e, true),
         }
         .map_err(|e| e.to_string())
     }
@@ -88,6 +94,7 @@ impl ConvKernel {
         match self {
             ConvKernel::Gemm(c) => c.out_dims(x, pad),
             ConvKernel::Depthwise(c) => c.out_dims(x, pad),
+            ConvKernel::Winograd(c) => c.out_dims(x, pad),
         }
         .map_err(|e| e.to_string())
     }
@@ -161,6 +168,7 @@ impl Kernel {
                 let mut s = match conv {
                     ConvKernel::Gemm(_) => "Conv (im2col + GEMM".to_string(),
                     ConvKernel::Depthwise(_) => "Conv (depthwise".to_string(),
+                    ConvKernel::Winograd(c) => format!("Conv (Winograd {}", c.tile().name()),
                 };
                 if *residual {
                     s.push_str(" + Add");

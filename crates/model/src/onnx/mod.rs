@@ -277,7 +277,7 @@ impl OnnxModel {
             }
         }
         if options.cpu_kernels {
-            plan::choose_kernels(&mut steps, &outputs, slots)?;
+            plan::choose_kernels(&mut steps, &outputs, slots, options.winograd)?;
             for k in steps.iter().filter_map(|s| s.kernel.as_ref()) {
                 *overrides.entry(k.name()).or_insert(0) += 1;
             }

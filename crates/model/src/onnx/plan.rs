@@ -11,7 +11,7 @@ use super::host::{ConvKernel, Kernel, Padding};
 use super::value::{Data, Value};
 use super::{Arg, Step};
 use crate::error::ModelError;
-use crate::nhwc::{Act, DepthwiseConv, GemmConv, Pool};
+use crate::nhwc::{Act, DepthwiseConv, GemmConv, Pool, WinogradConv, WinogradTile};
 use burn::prelude::*;
 use onnx_ir::Node;
 use std::collections::HashSet;
@@ -27,18 +27,23 @@ pub struct Options {
     /// Run convolutions, pooling and their neighbours on the CPU kernels of
     /// [`super::host`] instead of burn's ops (CPU backends only).
     pub cpu_kernels: bool,
+    /// With `cpu_kernels`: the Winograd tile of the 3×3, stride-1, dilation-1,
+    /// group-1 convolutions ([`WinogradConv`]); `None` puts them on im2col +
+    /// GEMM like every other convolution.
+    pub winograd: Option<WinogradTile>,
 }
 
 impl Options {
     /// What `device` gets by default: folding everywhere, the CPU kernels on
     /// CPU backends (on a GPU every node runs on burn's ops).
     pub fn for_device(device: &Device) -> Options {
-        Options { fold: true, cpu_kernels: crate::backend::is_host(device) }
+        let host = crate::backend::is_host(device);
+        Options { fold: true, cpu_kernels: host, winograd: host.then_some(WinogradTile::SERVED) }
     }
 
     /// Every node on burn's own op, as the file has it.
     pub fn burn_only() -> Options {
-        Options { fold: false, cpu_kernels: false }
+        Options { fold: false, cpu_kernels: false, winograd: None }
     }
 }
 
@@ -260,7 +265,7 @@ fn activation(step: &Step) -> Option<Act> {
 
 /// The CPU form of a `Conv` node with constant weights, if there is one
 /// (`group` 1, or depthwise with one filter per channel).
-fn conv_kernel(step: &Step) -> Result<Option<(ConvKernel, Padding)>, ModelError> {
+fn conv_kernel(step: &Step, winograd: Option<WinogradTile>) -> Result<Option<(ConvKernel, Padding)>, ModelError> {
     let Node::Conv2d(n) = &step.node else { return Ok(None) };
     let c = &n.config;
     let Some(w) = constant(step.args.get(1)) else { return Ok(None) };
@@ -268,7 +273,12 @@ fn conv_kernel(step: &Step) -> Result<Option<(ConvKernel, Padding)>, ModelError>
     let bias = bias.map(|b| b.to_f32s().map_err(ModelError::Onnx)).transpose()?;
     let Ok(dims) = <[usize; 4]>::try_from(w.shape.as_slice()) else { return Ok(None) };
     let weights = w.to_f32s().map_err(ModelError::Onnx)?;
-    let kernel = if c.groups == 1 {
+    let kernel = if let Some(tile) = winograd
+        && c.groups == 1
+        && WinogradConv::applies([dims[2], dims[3]], c.stride, c.dilation)
+    {
+        ConvKernel::Winograd(WinogradConv::new(&weights, dims, bias.as_deref(), [0; 4], tile)?)
+    } else if c.groups == 1 {
         ConvKernel::Gemm(GemmConv::new(&weights, dims, bias.as_deref(), c.stride, c.dilation, [0; 4])?)
     } else if dims[1] == 1 && c.groups == dims[0] {
         ConvKernel::Depthwise(DepthwiseConv::new(&weights, dims, bias.as_deref(), c.stride, c.dilation)?)
@@ -289,7 +299,12 @@ fn conv_kernel(step: &Step) -> Result<Option<(ConvKernel, Padding)>, ModelError>
 /// constant weights (fusing a following shortcut `Add` and `Relu`/`Clip`),
 /// and the pooling, `Concat`, `Add`, activations and identities whose inputs
 /// all come from CPU kernels (so no layout change happens for them).
-pub(super) fn choose_kernels(steps: &mut Vec<Step>, outputs: &[Arg], slots: usize) -> Result<(), ModelError> {
+pub(super) fn choose_kernels(
+    steps: &mut Vec<Step>,
+    outputs: &[Arg],
+    slots: usize,
+    winograd: Option<WinogradTile>,
+) -> Result<(), ModelError> {
     let graph_out = output_slots(outputs);
     // Slot → index of the step that writes it (graph inputs: none).
     let mut producer = vec![None; slots];
@@ -314,7 +329,7 @@ pub(super) fn choose_kernels(steps: &mut Vec<Step>, outputs: &[Arg], slots: usiz
                     _ => true,
                 })
         };
-        let kernel = if let Some((conv, padding)) = conv_kernel(&steps[i])? {
+        let kernel = if let Some((conv, padding)) = conv_kernel(&steps[i], winograd)? {
             let (mut residual, mut act) = (false, Act::Identity);
             steps[i].args.truncate(1);
             let mut out = steps[i].outs[0];
@@ -341,7 +356,7 @@ pub(super) fn choose_kernels(steps: &mut Vec<Step>, outputs: &[Arg], slots: usiz
             // … → MaxPool 2×2, stride 2, unpadded (pooled in the store).
             let mut pool2 = false;
             if !residual
-                && matches!(conv, ConvKernel::Gemm(_))
+                && matches!(conv, ConvKernel::Gemm(_) | ConvKernel::Winograd(_))
                 && let Some((j, 0)) = sole_reader(&readers, &graph_out, out)
                 && single_output(&steps[j])
                 && let Node::MaxPool2d(n) = &steps[j].node
