@@ -164,5 +164,9 @@ else
     echo "deny.sh: advisories checked against ${used}; no fresher database could be fetched (${why:-no cached copy})"
 fi
 
+# cargo-deny reads the crate graph of every target platform offline, so
+# every crate of Cargo.lock must be in cargo's cache, not only those a build
+# on this platform downloaded.
+cargo fetch --locked --quiet ${DENY_MANIFEST_PATH:+--manifest-path "$DENY_MANIFEST_PATH"}
 run_deny "$work/deny.toml"
 echo "deny.sh: passed: advisories against ${used}, bans, licenses, sources"
