@@ -33,7 +33,8 @@ pub enum ErrorKind {
     /// The URL resolves to an address the worker must never contact
     /// (loopback, private, link-local, …) or is outside the allowlist.
     BlockedUrl,
-    /// The encoded object, or its decoded pixel count, exceeds a limit.
+    /// The encoded object, or its decoded pixel count, exceeds a limit; or
+    /// the result would pass the limit of a result message.
     TooLarge,
     /// The bytes are not an image the worker can decode.
     Decode,

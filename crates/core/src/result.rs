@@ -27,6 +27,11 @@ pub const RESULT_VERSION: u32 = 1;
 /// The result format version of a job of several images.
 pub const RESULT_VERSION_MULTI: u32 = 2;
 
+/// Largest result body a worker sends, in bytes: SQS's classic message
+/// limit of 256 KiB, which also keeps the stored outcome under DynamoDB's
+/// 400 KB item limit. [`ResultMessage::fit`] makes a larger result fit.
+pub const MAX_RESULT_BYTES: usize = 256 * 1024;
+
 /// Which model produced a result.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct ModelRef {
@@ -227,6 +232,64 @@ impl ResultMessage {
             .collect()
     }
 
+    /// Makes a result whose body (`body`, this result's [`to_json`]) passes
+    /// `limit` bytes fit under it, and returns the new body; a result that
+    /// fits is left as it is. Scores go, the largest image first, until the
+    /// body fits: each image so dropped fails with `too_large`, naming its
+    /// size. A one-image result fails as a whole, and a job left with no
+    /// scored image fails with `too_large` too (it can be sent: its other
+    /// parts come from the job message, itself under the input limit).
+    ///
+    /// [`to_json`]: ResultMessage::to_json
+    pub fn fit(&mut self, body: String, limit: usize) -> String {
+        if body.len() <= limit {
+            return body;
+        }
+        let over = |what: &str, bytes: usize| ErrorInfo {
+            kind: ErrorKind::TooLarge,
+            message: format!(
+                "{what} is {bytes} bytes as JSON, over the {limit}-byte limit of a result message (fewer images per job, or a smaller output)"
+            ),
+        };
+        let mut excess = body.len() - limit;
+        if !self.images.is_empty() {
+            let mut scored: Vec<(usize, usize)> = self
+                .images
+                .iter()
+                .enumerate()
+                .filter(|(_, i)| i.status == ResultStatus::Ok)
+                .map(|(n, i)| (serde_json::to_string(i).map_or(0, |s| s.len()), n))
+                .collect();
+            scored.sort_unstable_by(|a, b| b.cmp(a));
+            // Compact JSON: replacing one image's object changes the body by
+            // exactly the difference of the two objects' lengths.
+            for (bytes, n) in scored {
+                if excess == 0 {
+                    break;
+                }
+                let image = &mut self.images[n];
+                *image = ImageResult::failed(
+                    std::mem::take(&mut image.url),
+                    image.attrs.take(),
+                    &JobError::new(ErrorKind::TooLarge, over("this image's result", bytes).message),
+                );
+                let now = serde_json::to_string(&self.images[n]).map_or(0, |s| s.len());
+                excess = excess.saturating_sub(bytes.saturating_sub(now));
+            }
+            if self.images.iter().any(|i| i.status == ResultStatus::Ok) {
+                return self.to_json();
+            }
+        }
+        self.status = ResultStatus::Error;
+        self.model = None;
+        self.top_k.clear();
+        self.embedding = None;
+        self.dims = None;
+        self.outputs.clear();
+        self.error = Some(over("the result", body.len()));
+        self.to_json()
+    }
+
     /// Compact JSON for the wire.
     pub fn to_json(&self) -> String {
         serde_json::to_string(self).unwrap_or_default()
@@ -339,5 +402,90 @@ mod tests {
             ("s3://b/b", ResultStatus::Error, None)
         );
         assert!(rows.iter().all(|r| r.job_id == "j" && r.attempts == 2 && r.images.is_empty()));
+    }
+
+    fn with_label(label: String) -> Scored {
+        Scored { top_k: vec![Prediction { label, score: 1.0 }], ..Scored::default() }
+    }
+
+    fn multi_of(images: Vec<ImageResult>) -> ResultMessage {
+        ResultMessage {
+            v: RESULT_VERSION_MULTI,
+            job_id: "j".into(),
+            run_id: "r".into(),
+            url: String::new(),
+            status: ResultStatus::Ok,
+            model: Some(ModelRef { name: "m".into(), version: "sha256:ab".into() }),
+            top_k: vec![],
+            embedding: None,
+            dims: None,
+            outputs: Vec::new(),
+            error: None,
+            attempts: 1,
+            worker: "w".into(),
+            completed_at: "2026-12-01T00:00:00Z".into(),
+            latency_ms: None,
+            attrs: None,
+            images,
+        }
+    }
+
+    #[test]
+    fn a_result_over_the_limit_drops_the_largest_images_first_until_it_fits() {
+        let image =
+            |k: &str, label_bytes: usize| ImageResult::scored(k.into(), None, with_label("x".repeat(label_bytes)));
+        let mut r = multi_of(vec![
+            image("s3://b/small", 10),
+            image("s3://b/big", 5_000),
+            image("s3://b/mid", 2_000),
+            ImageResult::failed("s3://b/bad".into(), None, &JobError::new(ErrorKind::Decode, "not a png")),
+        ]);
+        let untouched = r.clone();
+        let body = r.to_json();
+        assert_eq!(r.fit(body.clone(), body.len()), body, "a result that fits is left as it is");
+        assert_eq!(r, untouched);
+
+        // Dropping `big` alone brings it under 4 000 bytes.
+        let body = r.fit(body, 4_000);
+        assert!(body.len() <= 4_000, "{}", body.len());
+        assert_eq!(ResultMessage::parse(&body).expect("parse"), r, "the body is the mended result");
+        let kinds: Vec<_> = r.images.iter().map(|i| (i.url.as_str(), i.error.as_ref().map(|e| e.kind))).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                ("s3://b/small", None),
+                ("s3://b/big", Some(ErrorKind::TooLarge)),
+                ("s3://b/mid", None),
+                ("s3://b/bad", Some(ErrorKind::Decode)),
+            ]
+        );
+        assert!(r.images[1].top_k.is_empty() && r.images[1].error.as_ref().is_some_and(|e| e.message.contains("4000")));
+        assert_eq!((r.status, r.error.as_ref()), (ResultStatus::Ok, None));
+
+        // When no scored image fits, every image goes and the job fails as a
+        // whole.
+        let mut r = multi_of(vec![image("s3://b/1", 3_000), image("s3://b/2", 2_100), image("s3://b/3", 2_500)]);
+        let body = r.fit(r.to_json(), 2_000);
+        assert!(body.len() <= 2_000, "{}", body.len());
+        assert_eq!(r.status, ResultStatus::Error);
+        assert_eq!((r.error.as_ref().map(|e| e.kind), r.model.as_ref()), (Some(ErrorKind::TooLarge), None));
+        assert!(r.images.iter().all(|i| i.status == ResultStatus::Error && i.top_k.is_empty()));
+    }
+
+    #[test]
+    fn a_one_image_result_over_the_limit_fails_with_too_large() {
+        let mut r = multi_of(Vec::new());
+        r.v = RESULT_VERSION;
+        r.url = "s3://b/k".into();
+        r.embedding = Some(vec![0.123_456_79; 1_000]);
+        r.dims = Some(1_000);
+        let body = r.to_json();
+        let fitted = r.fit(body.clone(), 2_000);
+        assert!(fitted.len() <= 2_000 && fitted.len() < body.len());
+        let error = r.error.as_ref().expect("error");
+        assert_eq!((r.status, error.kind), (ResultStatus::Error, ErrorKind::TooLarge));
+        assert!(error.message.contains(&body.len().to_string()), "names the size: {}", error.message);
+        assert_eq!((r.embedding.as_ref(), r.dims, r.model.as_ref()), (None, None, None));
+        assert_eq!((r.url.as_str(), r.job_id.as_str()), ("s3://b/k", "j"));
     }
 }

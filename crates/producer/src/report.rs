@@ -294,7 +294,7 @@ pub fn html(s: &Stats, title: &str, thumbs: &Thumbnails) -> String {
     let _ = write!(
         h,
         "<section class=cards>{}{}{}{}{}</section>",
-        card("jobs", &s.jobs.to_string(), "id=jobs"),
+        card("images", &s.jobs.to_string(), "id=jobs"),
         card("succeeded", &s.succeeded.to_string(), "id=succeeded"),
         card("failed", &s.failed.to_string(), "id=failed"),
         card(&acc_label, &acc, "id=accuracy"),
@@ -304,7 +304,7 @@ pub fn html(s: &Stats, title: &str, thumbs: &Thumbnails) -> String {
     if s.errors_by_kind.is_empty() {
         h.push_str("<p>No errors.</p>");
     } else {
-        h.push_str("<table id=errors><tr><th>kind</th><th>jobs</th></tr>");
+        h.push_str("<table id=errors><tr><th>kind</th><th>images</th></tr>");
         for (k, n) in &s.errors_by_kind {
             let _ = write!(h, "<tr><td>{}</td><td class=num>{n}</td></tr>", esc(k));
         }
@@ -314,13 +314,13 @@ pub fn html(s: &Stats, title: &str, thumbs: &Thumbnails) -> String {
     }
     h.push_str("</section><section class=charts>");
     let labels: Vec<(String, u64)> = s.labels.iter().map(|(k, v)| (k.clone(), *v)).collect();
-    let _ = write!(h, "<figure><figcaption>Predicted labels</figcaption>{}</figure>", bar_chart(&labels, "jobs"));
+    let _ = write!(h, "<figure><figcaption>Predicted labels</figcaption>{}</figure>", bar_chart(&labels, "images"));
     let bins: Vec<(String, u64)> =
         s.confidence_bins.iter().enumerate().map(|(i, n)| (format!("{:.1}", i as f64 / 10.0), *n)).collect();
     let _ = write!(
         h,
         "<figure><figcaption>Top-1 confidence (bin lower edge)</figcaption>{}</figure>",
-        bar_chart(&bins, "jobs")
+        bar_chart(&bins, "images")
     );
     let _ = write!(
         h,
@@ -359,7 +359,7 @@ pub fn html(s: &Stats, title: &str, thumbs: &Thumbnails) -> String {
 
 fn failures_table(s: &Stats) -> String {
     let mut h = String::from(
-        "<h3>Failed jobs</h3><table id=failures><tr><th>kind</th><th>message</th><th>job</th><th>url</th></tr>",
+        "<h3>Failed images</h3><table id=failures><tr><th>kind</th><th>message</th><th>job</th><th>url</th></tr>",
     );
     for (kind, message, id, url) in &s.failures {
         let _ = write!(
@@ -397,7 +397,7 @@ fn failed_thumbs(s: &Stats, thumbs: &Thumbnails) -> String {
     if shown.is_empty() {
         return String::new();
     }
-    format!("<h3>Failed jobs whose image decodes</h3><div class=thumbs id=thumbs-failed>{}</div>", shown.concat())
+    format!("<h3>Failed images that decode</h3><div class=thumbs id=thumbs-failed>{}</div>", shown.concat())
 }
 
 /// One thumbnail with a caption (already escaped).

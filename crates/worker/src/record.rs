@@ -10,6 +10,10 @@
 //! message; one holding a live claim of another worker is dropped like a
 //! lost lease.
 //!
+//! A result whose body would pass [`MAX_RESULT_BYTES`] is made to fit first
+//! ([`scorefleet_core::result::ResultMessage::fit`]): its largest scores are
+//! dropped as `too_large` errors, so the outcome can be stored and sent.
+//!
 //! A failure of a retryable kind (`fetch_failed`, `internal`: see
 //! [`scorefleet_core::ErrorKind::retry`]) is never recorded as final: its
 //! claim is released and its message left for redelivery, so the queue's
@@ -21,7 +25,8 @@ use crate::job::{Emit, Outcome};
 use crate::metrics::Stage;
 use scorefleet_aws::retry;
 use scorefleet_core::error::Retry;
-use scorefleet_core::lease::{LeaseError, Unclaimed, UnclaimedFinish};
+use scorefleet_core::lease::{LeaseError, Terminal, Unclaimed, UnclaimedFinish};
+use scorefleet_core::result::{MAX_RESULT_BYTES, ResultStatus};
 use scorefleet_core::traits::{JobQueue, OutcomeStore, ServiceError, now_ms};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -54,7 +59,7 @@ pub(crate) async fn run<Q, O>(
 }
 
 async fn record_one<Q: JobQueue, O: OutcomeStore>(ctx: &Ctx, claims: &Claims<Q, O>, o: Outcome) -> Option<Emit> {
-    let Outcome { job, result, terminal } = o;
+    let Outcome { job, mut result, mut terminal } = o;
     if !job.held.is_ours() {
         // The keeper saw the lease lost: abandoned, never finished here.
         tracing::debug!(job_id = %job.job_id, "lease lost before recording; outcome dropped");
@@ -70,7 +75,15 @@ async fn record_one<Q: JobQueue, O: OutcomeStore>(ctx: &Ctx, claims: &Claims<Q, 
         job.hand_back(&*claims.queue, &*claims.store, delay).await;
         return None;
     }
-    let body = result.to_json();
+    let json = result.to_json();
+    let bytes = json.len();
+    let body = result.fit(json, MAX_RESULT_BYTES);
+    if body.len() != bytes {
+        tracing::warn!(job_id = %job.job_id, bytes, "result over the limit of a result message; scores dropped as too_large");
+        if result.status == ResultStatus::Error {
+            terminal = Terminal::Failed;
+        }
+    }
     let started = Instant::now();
     if !job.fence.is_claim() {
         return record_unclaimed(ctx, &*claims.store, job, &result, terminal, body, started).await;

@@ -334,9 +334,11 @@ struct ToyModel {
     inferences: Arc<AtomicU64>,
 }
 
-/// `digit:66` panics the model (a bug); `digit:77` fails with `internal`.
+/// `digit:66` panics the model (a bug); `digit:77` fails with `internal`;
+/// `digit:88` scores with a label of 300 KiB (a result over the limit).
 const PANICS: f32 = 66.0;
 const INTERNAL: f32 = 77.0;
+const HUGE: f32 = 88.0;
 
 impl Predictor for ToyModel {
     fn model(&self) -> &ModelRef {
@@ -353,7 +355,8 @@ impl Predictor for ToyModel {
             return Err(JobError::new(ErrorKind::Internal, "the toy model's internal error"));
         }
         self.inferences.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        Ok(batch.iter().map(|x| vec![Prediction { label: format!("{}", x.data[0]), score: 1.0 }]).collect())
+        let label = |n: f32| if n == HUGE { "h".repeat(300 * 1024) } else { format!("{n}") };
+        Ok(batch.iter().map(|x| vec![Prediction { label: label(x.data[0]), score: 1.0 }]).collect())
     }
 }
 
@@ -642,6 +645,40 @@ async fn a_job_of_several_images_answers_each_and_a_poison_image_fails_only_itse
     let (report, h) = h.stop().await;
     assert!(report.drained);
     assert_eq!(h.metrics.in_flight.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn a_result_over_the_message_limit_is_answered_with_too_large_not_left_to_the_dlq() {
+    let h = start(
+        vec![multi("mh", &["a", "h", "c"]), job("oh", "h")],
+        vec![("a", Ok("digit:1")), ("h", Ok("digit:88")), ("c", Ok("digit:3"))],
+        MemStore::default(),
+        None,
+        settings(),
+    );
+    until("every message deleted", || h.queue.undeleted().is_empty()).await;
+    let results = h.sink.results();
+    assert_eq!(results.len(), 2, "one result per job");
+    assert!(results.iter().all(|r| r.to_json().len() <= scorefleet_core::result::MAX_RESULT_BYTES));
+    let mh = h.result("mh").expect("mh");
+    let per_image: Vec<_> = mh
+        .images
+        .iter()
+        .map(|i| (i.top_k.first().map(|p| p.label.clone()), i.error.as_ref().map(|e| e.kind)))
+        .collect();
+    assert_eq!(
+        per_image,
+        vec![(Some("1".into()), None), (None, Some(ErrorKind::TooLarge)), (Some("3".into()), None)],
+        "only the oversized image loses its scores"
+    );
+    assert_eq!(mh.images[1].attrs.as_ref().and_then(|a| a.get("k")), Some(&serde_json::json!("h")));
+    let oh = h.result("oh").expect("oh");
+    assert_eq!((oh.status, oh.error.as_ref().map(|e| e.kind)), (ResultStatus::Error, Some(ErrorKind::TooLarge)));
+    assert_eq!(h.store.get_now("mh").map(|r| r.status), Some(Status::Completed));
+    assert_eq!(h.store.get_now("oh").map(|r| r.status), Some(Status::Failed), "stored as failed, like its result");
+    assert_eq!(h.metrics.images_failed.load(Ordering::Relaxed), 2);
+    let (report, _) = h.stop().await;
+    assert!(report.drained);
 }
 
 #[tokio::test]
