@@ -1,7 +1,8 @@
 //! SQS: the input queue ([`JobQueue`]) and the output side ([`MessageSink`]).
 //!
 //! - Receive is a long poll (the caller's wait, at most SQS's 20 s) for at
-//!   most 10 messages, asking for `ApproximateReceiveCount`. Emulators tend to
+//!   most 10 messages, asking for `ApproximateReceiveCount` and the
+//!   new-run mark (the message attribute [`NEW_RUN_ATTRIBUTE`]). Emulators tend to
 //!   return full batches; real SQS often returns fewer, so callers must never
 //!   rely on a batch size.
 //! - Send, delete and change-visibility go out in batches of at most 10
@@ -24,7 +25,7 @@ use crate::errors::{classify, is_transient_code, permanent};
 use crate::metrics::ApiCounters;
 use aws_sdk_sqs::types::{
     BatchResultErrorEntry, ChangeMessageVisibilityBatchRequestEntry, DeleteMessageBatchRequestEntry,
-    MessageSystemAttributeName, SendMessageBatchRequestEntry,
+    MessageAttributeValue, MessageSystemAttributeName, SendMessageBatchRequestEntry,
 };
 use scorefleet_core::traits::{EntryFailure, JobQueue, MessageSink, Received, ServiceError};
 use std::collections::{HashMap, HashSet};
@@ -38,6 +39,12 @@ pub const MAX_BATCH: usize = 10;
 /// whole batch (kept even where the service allows more, so the same code
 /// works on every endpoint).
 pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// The message attribute of the producer's new-run mark
+/// ([`MessageSink::send_marked`]), a `String` attribute of value `1`.
+pub const NEW_RUN_ATTRIBUTE: &str = "scorefleet-new-run";
+/// What the mark adds to a message's size as SQS counts it: name, type and
+/// value.
+const NEW_RUN_ATTRIBUTE_BYTES: usize = NEW_RUN_ATTRIBUTE.len() + "String".len() + 1;
 /// The longest long poll SQS allows.
 pub const MAX_WAIT: Duration = Duration::from_secs(20);
 /// The longest visibility timeout SQS allows (12 h).
@@ -138,7 +145,8 @@ impl SqsQueue {
             .queue_url(&self.url)
             .max_number_of_messages(max.min(MAX_BATCH) as i32)
             .wait_time_seconds(wait.min(MAX_WAIT).as_secs() as i32)
-            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount);
+            .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names(NEW_RUN_ATTRIBUTE);
         if let Some(v) = visibility {
             req = req.visibility_timeout(visibility_secs(v));
         }
@@ -158,7 +166,19 @@ impl SqsQueue {
                 .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1);
-            received.push(Received { message_id, receipt_handle, body: m.body.unwrap_or_default(), receive_count });
+            let new_run = m
+                .message_attributes
+                .as_ref()
+                .and_then(|a| a.get(NEW_RUN_ATTRIBUTE))
+                .and_then(|v| v.string_value())
+                .is_some_and(|v| v == "1");
+            received.push(Received {
+                message_id,
+                receipt_handle,
+                body: m.body.unwrap_or_default(),
+                receive_count,
+                new_run,
+            });
         }
         Ok(received)
     }
@@ -270,17 +290,19 @@ fn copy_failures(mut failures: Vec<EntryFailure>, dups: &[(usize, usize)]) -> Ve
 }
 
 /// Splits bodies into batches of at most [`MAX_BATCH`] entries and
-/// [`MAX_BATCH_BYTES`] bytes (a body larger than that alone gets its own
-/// batch, and the service's answer for it).
-fn send_chunks(bodies: &[String]) -> Vec<Vec<usize>> {
+/// [`MAX_BATCH_BYTES`] bytes, `extra(i)` bytes of attributes counted with
+/// body `i` (a message larger than that alone gets its own batch, and the
+/// service's answer for it).
+fn send_chunks(bodies: &[String], extra: impl Fn(usize) -> usize) -> Vec<Vec<usize>> {
     let mut chunks = Vec::new();
     let (mut start, mut bytes) = (0, 0);
     for (i, b) in bodies.iter().enumerate() {
-        if i > start && (i - start == MAX_BATCH || bytes + b.len() > MAX_BATCH_BYTES) {
+        let size = b.len() + extra(i);
+        if i > start && (i - start == MAX_BATCH || bytes + size > MAX_BATCH_BYTES) {
             chunks.push((start..i).collect());
             (start, bytes) = (i, 0);
         }
-        bytes += b.len();
+        bytes += size;
     }
     if start < bodies.len() {
         chunks.push((start..bodies.len()).collect());
@@ -373,16 +395,28 @@ impl SqsQueue {
         &self,
         bodies: &[String],
         keys: Option<&[String]>,
+        new_run: Option<&[bool]>,
     ) -> Result<Vec<EntryFailure>, ServiceError> {
         const OP: &str = "SendMessageBatch";
         let client = &self.client;
         let url = &self.url;
         let fifo = self.fifo;
-        self.batched(OP, send_chunks(bodies), |entries| async move {
+        let marked = |i: usize| new_run.and_then(|m| m.get(i)).copied().unwrap_or(false);
+        let chunks = send_chunks(bodies, |i| if marked(i) { NEW_RUN_ATTRIBUTE_BYTES } else { 0 });
+        let mark = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value("1")
+            .build()
+            .map_err(|e| build_err(OP, e))?;
+        let mark = &mark;
+        self.batched(OP, chunks, |entries| async move {
             let entries = entries
                 .into_iter()
                 .map(|(id, i)| {
-                    let entry = SendMessageBatchRequestEntry::builder().id(id).message_body(&bodies[i]);
+                    let mut entry = SendMessageBatchRequestEntry::builder().id(id).message_body(&bodies[i]);
+                    if marked(i) {
+                        entry = entry.message_attributes(NEW_RUN_ATTRIBUTE, mark.clone());
+                    }
                     let entry = match (fifo, keys.and_then(|k| k.get(i))) {
                         (true, Some(key)) => entry.message_group_id(key).message_deduplication_id(key),
                         (true, None) => entry.message_group_id(UNKEYED_GROUP),
@@ -409,12 +443,17 @@ const UNKEYED_GROUP: &str = "scorefleet";
 
 impl MessageSink for SqsQueue {
     async fn send(&self, bodies: &[String]) -> Result<Vec<EntryFailure>, ServiceError> {
-        self.send_entries(bodies, None).await
+        self.send_entries(bodies, None, None).await
     }
 
     async fn send_keyed(&self, keys: &[String], bodies: &[String]) -> Result<Vec<EntryFailure>, ServiceError> {
         debug_assert_eq!(keys.len(), bodies.len());
-        self.send_entries(bodies, Some(keys)).await
+        self.send_entries(bodies, Some(keys), None).await
+    }
+
+    async fn send_marked(&self, bodies: &[String], new_run: &[bool]) -> Result<Vec<EntryFailure>, ServiceError> {
+        debug_assert_eq!(new_run.len(), bodies.len());
+        self.send_entries(bodies, None, Some(new_run)).await
     }
 }
 
@@ -508,13 +547,18 @@ mod tests {
     fn send_chunks_respect_count_and_bytes() {
         let small: Vec<String> = (0..21).map(|i| i.to_string()).collect();
         let r = |a: usize, b: usize| (a..b).collect::<Vec<_>>();
-        assert_eq!(send_chunks(&small), vec![r(0, 10), r(10, 20), r(20, 21)]);
+        assert_eq!(send_chunks(&small, |_| 0), vec![r(0, 10), r(10, 20), r(20, 21)]);
         let big = "x".repeat(100 * 1024);
         let bodies = vec![big.clone(), big.clone(), big.clone(), "y".into(), "x".repeat(300 * 1024), "z".into()];
         // 100+100 KiB fit, a third would pass 256 KiB; the oversized body is
         // alone in its batch.
-        assert_eq!(send_chunks(&bodies), vec![r(0, 2), r(2, 4), r(4, 5), r(5, 6)]);
-        assert!(send_chunks(&[]).is_empty());
+        assert_eq!(send_chunks(&bodies, |_| 0), vec![r(0, 2), r(2, 4), r(4, 5), r(5, 6)]);
+        assert!(send_chunks(&[], |_| 0).is_empty());
+        // Four bodies of 64 KiB fill a batch exactly; the mark's bytes on
+        // each push the fourth into the next.
+        let full: Vec<String> = (0..4).map(|_| "x".repeat(64 * 1024)).collect();
+        assert_eq!(send_chunks(&full, |_| 0), vec![r(0, 4)]);
+        assert_eq!(send_chunks(&full, |_| NEW_RUN_ATTRIBUTE_BYTES), vec![r(0, 3), r(3, 4)]);
     }
 
     #[test]

@@ -203,6 +203,36 @@ async fn record_enqueued_never_lowers_or_doubles_the_total() {
 }
 
 #[tokio::test]
+async fn begin_run_is_true_once_per_run_and_never_after_a_total_or_past_its_ttl() {
+    if common::skip() {
+        return;
+    }
+    let cfg = config().await;
+    let table = common::table(&cfg, "runbegin").await;
+    let store =
+        DynamoOutcomeStore::new(cfg.dynamodb(), &table, counters()).with_ttl(std::time::Duration::from_secs(3_600));
+    let (run, other) = (common::unique("r"), common::unique("o"));
+    let now = now_ms();
+    assert!(store.begin_run(&run, now).await.expect("begin"), "the run's first enqueue");
+    assert!(!store.begin_run(&run, now + 1).await.expect("begin"), "a second enqueue of the run");
+    // The total of the first enqueue is kept beside the mark, and the record
+    // still reads as the run's.
+    assert!(store.record_enqueued(&run, 5, now + 2).await.expect("record"));
+    assert_eq!(store.run_status(&run, now + 3).await.expect("status").total, Some(5));
+    // A run whose total was recorded by a producer that did not mark starts
+    // (an older one) is not new either.
+    assert!(store.record_enqueued(&other, 3, now).await.expect("record"));
+    assert!(!store.begin_run(&other, now + 1).await.expect("begin"));
+    // Past the record's TTL the run id starts over.
+    let later = now + 3_601_000;
+    assert!(store.begin_run(&run, later).await.expect("begin"), "an expired record counts as absent");
+    assert_eq!(store.run_status(&run, later).await.expect("status").total, None, "its old total is gone");
+    assert!(store.record_enqueued(&run, 2, later).await.expect("record"));
+    assert_eq!(store.run_status(&run, later).await.expect("status").total, Some(2), "the new use's total");
+    common::delete_table(&cfg, &table).await;
+}
+
+#[tokio::test]
 async fn a_table_without_the_run_index_fails_status_naming_the_index() {
     if common::skip() {
         return;

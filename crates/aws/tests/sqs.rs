@@ -39,6 +39,30 @@ async fn send_and_receive_more_than_ten_bodies_in_batches_of_ten() {
 }
 
 #[tokio::test]
+async fn the_new_run_mark_is_read_back_only_from_the_messages_sent_with_it() {
+    if common::skip() {
+        return;
+    }
+    let cfg = config().await;
+    let c = counters();
+    let q = common::queue(&cfg, "newrun", Duration::from_secs(60), &c).await;
+    let bodies: Vec<String> = (0..12).map(|i| format!(r#"{{"n":{i}}}"#)).collect();
+    let marks: Vec<bool> = (0..12).map(|i| i % 3 == 0).collect();
+    assert_eq!(q.send_marked(&bodies, &marks).await.expect("send"), vec![]);
+    assert_eq!(q.send(&[r#"{"n":"plain"}"#.to_owned()]).await.expect("send"), vec![]);
+    let got = receive_n(&q, 13, WAIT).await;
+    let mut seen: Vec<(String, bool)> = got.iter().map(|m| (m.body.clone(), m.new_run)).collect();
+    seen.sort();
+    let mut want: Vec<(String, bool)> = bodies.iter().cloned().zip(marks).collect();
+    want.push((r#"{"n":"plain"}"#.to_owned(), false));
+    want.sort();
+    assert_eq!(seen, want);
+    let handles: Vec<String> = got.iter().map(|m| m.receipt_handle.clone()).collect();
+    assert_eq!(q.delete(&handles).await.expect("delete"), vec![]);
+    delete_queue(&cfg, q.url()).await;
+}
+
+#[tokio::test]
 async fn delete_reports_exactly_the_invalid_entry_and_deletes_the_rest() {
     if common::skip() {
         return;

@@ -58,6 +58,11 @@ pub struct Received {
     pub body: String,
     /// ApproximateReceiveCount: 1 on first delivery.
     pub receive_count: u32,
+    /// Sent by the first enqueue of its run, with an id derived from the
+    /// run (the producer's new-run mark, [`MessageSink::send_marked`]): on
+    /// its first delivery no outcome can be stored for its job unless the
+    /// same message was sent twice, so finish-only mode skips the lookup.
+    pub new_run: bool,
 }
 
 /// One entry of a batch call that the service refused, after the adapter's
@@ -108,6 +113,19 @@ pub trait MessageSink: Send + Sync + 'static {
         bodies: &[String],
     ) -> impl Future<Output = Result<Vec<EntryFailure>, ServiceError>> + Send {
         let _ = keys;
+        self.send(bodies)
+    }
+
+    /// Like [`send`](Self::send), the bodies with `new_run[i]` set carrying
+    /// the new-run mark that [`Received::new_run`] reads back. A sink that
+    /// cannot carry it sends the bodies unmarked (the default): the mark only
+    /// spares a read, it decides nothing.
+    fn send_marked(
+        &self,
+        bodies: &[String],
+        new_run: &[bool],
+    ) -> impl Future<Output = Result<Vec<EntryFailure>, ServiceError>> + Send {
+        let _ = new_run;
         self.send(bodies)
     }
 }

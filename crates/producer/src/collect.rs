@@ -294,7 +294,13 @@ mod tests {
     }
 
     fn msg(n: usize, body: String) -> Received {
-        Received { message_id: format!("m{n}"), receipt_handle: format!("h{n}"), body, receive_count: 1 }
+        Received {
+            message_id: format!("m{n}"),
+            receipt_handle: format!("h{n}"),
+            body,
+            receive_count: 1,
+            new_run: false,
+        }
     }
 
     #[tokio::test]

@@ -41,6 +41,11 @@ pub struct Options {
     /// Images packed into one job (1: one-image `v: 1` jobs); at most
     /// [`MAX_IMAGES_PER_JOB`].
     pub images_per_job: usize,
+    /// This is the run's first enqueue: messages whose job id is derived
+    /// from the run carry the new-run mark ([`MessageSink::send_marked`]),
+    /// and finish-only workers skip their lookup on first delivery. A job id
+    /// given in the source may name a job of another run, so it is not marked.
+    pub new_run: bool,
 }
 
 /// What a run did.
@@ -81,12 +86,14 @@ struct Counters {
     failed: AtomicU64,
 }
 
-/// A message body and the images it carries.
-type Body = (String, u64);
+/// A message body, the images it carries, and whether it has the new-run mark.
+type Body = (String, u64, bool);
 
 /// Consecutive images waiting to become one job.
 struct Pack {
     run_id: String,
+    /// Whether its jobs (ids derived from the run) carry the new-run mark.
+    new_run: bool,
     per_job: usize,
     images: Vec<(u64, Image)>,
 }
@@ -111,7 +118,7 @@ impl Pack {
                 // only refusal left is a bad count, ruled out by `n`.
                 let body = JobMessage::multi(&self.run_id, images, None).map(|j| j.to_json()).unwrap_or_default();
                 if body.len() <= MAX_BODY_BYTES || n == 1 {
-                    out.push((body, n as u64));
+                    out.push((body, n as u64, self.new_run));
                     break;
                 }
                 n -= 1;
@@ -137,7 +144,8 @@ pub async fn run<S: MessageSink>(
     let mut chunk: Vec<Body> = Vec::with_capacity(BATCH);
     let mut built: u64 = 0;
     let per_job = opts.images_per_job.clamp(1, MAX_IMAGES_PER_JOB);
-    let mut pack = Pack { run_id: opts.run_id.clone(), per_job, images: Vec::with_capacity(per_job) };
+    let mut pack =
+        Pack { run_id: opts.run_id.clone(), new_run: opts.new_run, per_job, images: Vec::with_capacity(per_job) };
 
     let record_bad = |summary: &mut Summary, e: LineError| {
         summary.skipped += 1;
@@ -149,7 +157,10 @@ pub async fn run<S: MessageSink>(
 
     while let Some(item) = items.recv().await {
         let bodies = if per_job == 1 {
-            item.and_then(|entry| entry.into_job(&opts.run_id)).map(|job| vec![(job.to_json(), 1)])
+            item.and_then(|entry| {
+                let marked = opts.new_run && entry.job_id.is_none();
+                entry.into_job(&opts.run_id).map(|job| vec![(job.to_json(), 1, marked)])
+            })
         } else {
             item.and_then(|entry| Ok((entry.line, entry.into_image()?))).map(|(line, image)| pack.push(line, image))
         };
@@ -221,7 +232,12 @@ async fn dispatch<S: MessageSink>(
     counters: &Arc<Counters>,
     tasks: &mut JoinSet<()>,
 ) {
-    let (bodies, images): (Vec<String>, Vec<u64>) = chunk.into_iter().unzip();
+    let (mut bodies, mut images, mut marks) = (Vec::new(), Vec::new(), Vec::new());
+    for (body, n, marked) in chunk {
+        bodies.push(body);
+        images.push(n);
+        marks.push(marked);
+    }
     let all_images: u64 = images.iter().sum();
     if dry_run {
         counters.enqueued.fetch_add(bodies.len() as u64, Ordering::Relaxed);
@@ -236,7 +252,7 @@ async fn dispatch<S: MessageSink>(
     tasks.spawn(async move {
         let _permit = permit;
         let n = bodies.len() as u64;
-        match send_with_retry(&*sink, &bodies).await {
+        match send_with_retry(&*sink, &bodies, &marks).await {
             Ok(failed) => {
                 for f in &failed {
                     tracing::warn!(code = %f.code, message = %f.message, "message refused by the queue");
@@ -260,14 +276,21 @@ const SEND_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration:
 async fn send_with_retry<S: MessageSink>(
     sink: &S,
     bodies: &[String],
+    marks: &[bool],
 ) -> Result<Vec<scorefleet_core::traits::EntryFailure>, ServiceError> {
-    retry(SEND_BACKOFF, |e: &ServiceError, n| e.is_transient() && n < REQUEST_RETRIES, || sink.send(bodies)).await
+    retry(
+        SEND_BACKOFF,
+        |e: &ServiceError, n| e.is_transient() && n < REQUEST_RETRIES,
+        || sink.send_marked(bodies, marks),
+    )
+    .await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::source::{Format, read_manifest};
+    use scorefleet_core::job::JobId;
     use scorefleet_core::job::JobMessage;
     use scorefleet_core::traits::EntryFailure;
     use std::sync::Mutex;
@@ -277,6 +300,8 @@ mod tests {
     #[derive(Default)]
     struct Sink {
         sent: Mutex<Vec<String>>,
+        /// The new-run mark of each body sent by `send_marked`, by body.
+        marks: Mutex<Vec<(String, bool)>>,
         calls: AtomicU64,
         refuse: Option<String>,
         transient: u64,
@@ -299,10 +324,25 @@ mod tests {
             }
             Ok(failed)
         }
+
+        async fn send_marked(&self, bodies: &[String], new_run: &[bool]) -> Result<Vec<EntryFailure>, ServiceError> {
+            let failed = self.send(bodies).await?;
+            let mut marks = self.marks.lock().expect("lock");
+            marks.extend(bodies.iter().cloned().zip(new_run.iter().copied()));
+            Ok(failed)
+        }
     }
 
     fn opts() -> Options {
-        Options { run_id: "r1".into(), strict: false, dry_run: false, concurrency: 4, rate: None, images_per_job: 1 }
+        Options {
+            run_id: "r1".into(),
+            strict: false,
+            dry_run: false,
+            concurrency: 4,
+            rate: None,
+            images_per_job: 1,
+            new_run: false,
+        }
     }
 
     async fn go(sink: Arc<Sink>, text: &str, opts: Options) -> Summary {
@@ -379,6 +419,43 @@ mod tests {
         let ids2: Vec<_> =
             again.sent.lock().expect("lock").iter().map(|b| JobMessage::parse(b).expect("valid").job_id).collect();
         assert_eq!(ids, ids2, "re-running with the same N enqueues the same ids");
+    }
+
+    #[tokio::test]
+    async fn a_new_runs_jobs_are_marked_except_those_with_a_given_id() {
+        let marks = |sink: &Sink| -> Vec<(String, bool)> {
+            let mut m: Vec<(String, bool)> = sink
+                .marks
+                .lock()
+                .expect("lock")
+                .iter()
+                .map(|(b, m)| (JobMessage::parse(b).expect("valid").job_id.to_string(), *m))
+                .collect();
+            m.sort();
+            m
+        };
+        let text = "{\"url\":\"s3://bkt/a.png\"}\n{\"url\":\"s3://bkt/b.png\",\"job_id\":\"given\"}\n";
+        let run_with = |opts: Options| async move {
+            let sink = Arc::new(Sink::default());
+            let (tx, rx) = mpsc::channel(16);
+            for i in read_manifest(std::io::Cursor::new(text.as_bytes().to_vec()), Format::Jsonl) {
+                tx.send(i).await.expect("send");
+            }
+            drop(tx);
+            run(sink.clone(), rx, &opts, &Progress::quiet()).await;
+            sink
+        };
+        let derived = JobId::derive("r1", "s3://bkt/a.png").to_string();
+        let sink = run_with(Options { new_run: true, ..opts() }).await;
+        let mut want = vec![(derived.clone(), true), ("given".to_owned(), false)];
+        want.sort();
+        assert_eq!(marks(&sink), want, "the derived id is marked, the given one is not");
+        let sink = run_with(opts()).await;
+        let mut want = vec![(derived, false), ("given".to_owned(), false)];
+        want.sort();
+        assert_eq!(marks(&sink), want, "not the run's first enqueue: nothing marked");
+        let sink = run_with(Options { new_run: true, images_per_job: 2, ..opts() }).await;
+        assert_eq!(sink.marks.lock().expect("lock").iter().filter(|(_, m)| *m).count(), 1, "a packed job is marked");
     }
 
     #[tokio::test]

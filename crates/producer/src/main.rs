@@ -201,8 +201,11 @@ struct EnqueueArgs {
     json: bool,
     /// The outcome table: after a run that sent jobs, the number enqueued is
     /// recorded there as the run's total, for `status` (re-runs never raise
-    /// it past the largest count). A failure to record it is a warning, not a
-    /// failed run: the jobs are on the queue either way.
+    /// it past the largest count). Before sending, the run's first enqueue
+    /// is noted there too, and then its messages carry the new-run mark
+    /// (finish-only workers skip their outcome lookup on a first delivery).
+    /// A failure of either is a warning, not a failed run: the jobs are on
+    /// the queue either way.
     #[arg(long, env = "SCOREFLEET_TABLE")]
     table: Option<String>,
 }
@@ -419,7 +422,20 @@ async fn enqueue_cmd(args: EnqueueArgs) -> anyhow::Result<ExitCode> {
     };
 
     let sink = Arc::new(SqsQueue::new(aws.sqs(), args.queue_url.clone(), counters.clone()));
+    // With the table, the run's first enqueue marks its messages so that
+    // finish-only workers skip a lookup that can find nothing.
+    let new_run = match &args.table {
+        Some(table) if !args.dry_run => {
+            let store = scorefleet_aws::DynamoOutcomeStore::new(aws.dynamodb(), table.clone(), counters.clone());
+            store.begin_run(&run_id, scorefleet_core::traits::now_ms()).await.unwrap_or_else(|e| {
+                eprintln!("warning: could not mark the start of run {run_id} in table {table} (workers will look every job up): {e}");
+                false
+            })
+        }
+        _ => false,
+    };
     let opts = Options {
+        new_run,
         run_id,
         strict: args.strict,
         dry_run: args.dry_run,

@@ -372,6 +372,74 @@ async fn init_provisions_idempotently_with_a_dead_letter_queue() {
 }
 
 #[tokio::test]
+async fn the_first_enqueue_of_a_run_marks_its_derived_jobs_and_a_second_marks_none() {
+    if common::skip() {
+        return;
+    }
+    let cfg = common::config().await;
+    let counters = common::counters();
+    let q = common::queue(&cfg, "prodnewrun", Duration::from_secs(30), &counters).await;
+    let table = common::table(&cfg, "prodnewrun").await;
+    let run = common::unique("run");
+    let lines = [
+        r#"{"url":"s3://bkt-n/0.png"}"#,
+        r#"{"url":"s3://bkt-n/1.png"}"#,
+        r#"{"url":"s3://bkt-n/2.png","job_id":"given-id"}"#,
+    ]
+    .join("\n");
+    let enqueue = [
+        "enqueue",
+        "--queue-url",
+        q.url(),
+        "--stdin",
+        "--format",
+        "jsonl",
+        "--run-id",
+        &run,
+        "--table",
+        &table,
+        "--json",
+    ];
+    use scorefleet_core::traits::JobQueue;
+    let take = |n: usize| {
+        let q = &q;
+        async move {
+            let got = common::receive_n(q, n, Duration::from_secs(60)).await;
+            let handles: Vec<String> = got.iter().map(|m| m.receipt_handle.clone()).collect();
+            assert_eq!(q.delete(&handles).await.expect("delete"), vec![]);
+            got
+        }
+    };
+    let marked = |msgs: &[scorefleet_core::traits::Received]| -> BTreeSet<String> {
+        msgs.iter()
+            .filter(|m| m.new_run)
+            .map(|m| JobMessage::parse(&m.body).expect("a valid job").job_id.to_string())
+            .collect()
+    };
+    let out = producer(&enqueue, Some(&lines));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let first = take(3).await;
+    let derived: BTreeSet<String> = ["s3://bkt-n/0.png", "s3://bkt-n/1.png"]
+        .iter()
+        .map(|u| JobMessage::new(u, &run, None).expect("valid").job_id.to_string())
+        .collect();
+    assert_eq!(marked(&first), derived, "the derived ids are marked, the given one is not");
+    let out = producer(&enqueue, Some(&lines));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let second = take(3).await;
+    assert_eq!(second.len(), 3);
+    assert!(marked(&second).is_empty(), "a second enqueue of the run marks nothing");
+    // Without the table nothing says the run is new.
+    let other = common::unique("run");
+    let plain = ["enqueue", "--queue-url", q.url(), "--stdin", "--format", "jsonl", "--run-id", &other, "--json"];
+    let out = producer(&plain, Some(&lines));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(marked(&take(3).await).is_empty());
+    common::delete_queue(&cfg, q.url()).await;
+    common::delete_table(&cfg, &table).await;
+}
+
+#[tokio::test]
 async fn status_counts_a_run_from_the_table_as_json_and_text() {
     if common::skip() {
         return;

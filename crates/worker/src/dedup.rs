@@ -17,7 +17,8 @@
 //! lease (→ left, as `Busy`); the rest go on without a lease, their fence
 //! [`Fence::unclaimed`], and their finish is the conditional write that keeps
 //! one outcome per job. A failed read only costs that check: the jobs go on,
-//! and the finish still decides.
+//! and the finish still decides. A first delivery with the producer's
+//! new-run mark ([`Received::new_run`]) is not read at all.
 
 use crate::ctx::{Claims, Ctx};
 use crate::job::{Delivery, Emit, Job, Outcome};
@@ -143,6 +144,10 @@ pub const UNPARSABLE_RUN: &str = "unparsable";
 /// Finish-only mode: the records of the jobs these messages name, in one
 /// batched read (eventually consistent; retried while transient). Empty when
 /// the read fails: the jobs are computed and their finish decides.
+///
+/// A first delivery of a message with the new-run mark is not looked up:
+/// its job is new to the table unless the message was sent twice, and the
+/// conditional finish settles that case as it settles any duplicate in flight.
 async fn look_up<O: OutcomeStore>(
     ctx: &Ctx,
     store: &O,
@@ -150,6 +155,7 @@ async fn look_up<O: OutcomeStore>(
 ) -> HashMap<scorefleet_core::job::JobId, OutcomeRecord> {
     let ids: Vec<JobId> = msgs
         .iter()
+        .filter(|m| !(m.new_run && m.receive_count <= 1))
         .filter_map(|m| match route(&m.body) {
             Route::Job(job) => Some(job.job_id),
             Route::Invalid { job_id, .. } => Some(job_id),

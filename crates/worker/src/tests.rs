@@ -61,6 +61,8 @@ struct Msg {
 
 /// An SQS-like queue: receiving hides a message for the default visibility
 /// and gives it a fresh handle; only the newest handle deletes or changes it.
+/// A message whose id starts with `new-` carries the producer's new-run mark;
+/// one whose id starts with `new-redelivered-` was delivered once before.
 #[derive(Debug)]
 struct MemQueue {
     msgs: Mutex<Vec<Msg>>,
@@ -80,7 +82,7 @@ impl MemQueue {
                 body: body.clone(),
                 visible_at: now,
                 handle: None,
-                receives: 0,
+                receives: u32::from(id.starts_with("new-redelivered-")),
                 deleted: false,
             })
             .collect();
@@ -140,6 +142,7 @@ impl JobQueue for MemQueue {
                         receipt_handle: h,
                         body: m.body.clone(),
                         receive_count: m.receives,
+                        new_run: m.id.starts_with("new-"),
                     }
                 })
                 .collect()
@@ -856,6 +859,7 @@ fn two_deliveries_of_one_message_in_a_receive_become_one() {
         receipt_handle: h.into(),
         body: String::new(),
         receive_count: 1,
+        new_run: false,
     };
     let out = crate::dedup::distinct_deliveries(vec![d("h1", "m1"), d("h2", "m2"), d("h3", "m1")]);
     let handles: Vec<&str> = out.iter().map(|r| r.receipt_handle.as_str()).collect();
@@ -1090,6 +1094,42 @@ async fn finish_only_skips_finished_jobs_by_the_lookup_and_leaves_a_live_claim_a
     let (_, h) = h.stop().await;
     assert!(!h.queue.deleted("b1"), "a live claim's job is not ours");
     assert_eq!(h.store.get_now("b1"), Some(held), "the live claim untouched");
+}
+
+#[tokio::test]
+async fn finish_only_skips_the_lookup_of_a_new_runs_first_delivery_and_the_finish_still_decides() {
+    // d1 and d2 are finished already: d1 by a second send of its message
+    // (marked, first delivery: computed, the finish finds the outcome), d2
+    // redelivered (marked, looked up, so not computed).
+    let store = MemStore::default();
+    store.put("d1", finished_by_w0("d1"));
+    store.put("d2", finished_by_w0("d2"));
+    let h = start(
+        vec![
+            ("new-a".into(), job("a1", "a").1),
+            ("new-d".into(), job("d1", "a").1),
+            ("new-redelivered-d".into(), job("d2", "a").1),
+            ("old".into(), job("o1", "a").1),
+        ],
+        vec![("a", Ok("digit:1"))],
+        store,
+        None,
+        finish_only(),
+    );
+    until("every message deleted", || h.queue.undeleted().is_empty()).await;
+    assert_eq!(h.metrics.dedup_lookups.load(Ordering::Relaxed), 2, "only the redelivery and the unmarked job");
+    assert_eq!(h.inferences.load(Ordering::Relaxed), 3, "a1, o1 and the marked duplicate d1");
+    assert_eq!(h.metrics.finishes_lost.load(Ordering::Relaxed), 1, "d1's finish found its outcome");
+    for j in ["d1", "d2"] {
+        assert_eq!(h.result(j).map(|r| r.worker), Some("w0".into()), "{j}: the stored result re-sent");
+        let stored = h.store.get_now(j).map(|r| (r.status, r.owner));
+        assert_eq!(stored, Some((Status::Completed, "w0".into())), "{j}: the stored outcome stands");
+    }
+    for j in ["a1", "o1"] {
+        assert_eq!(h.store.get_now(j).map(|r| r.status), Some(Status::Completed), "{j}");
+    }
+    let (report, _) = h.stop().await;
+    assert!(report.drained);
 }
 
 #[tokio::test]

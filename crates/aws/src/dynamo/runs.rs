@@ -26,7 +26,8 @@
 //! The run's size comes from a **run record** in the same table, written by
 //! the producer after it enqueues ([`DynamoOutcomeStore::record_enqueued`]):
 //! partition key `job_id = "#run <run_id>"` (job ids have no spaces, so no
-//! job can take it), `total`, `enqueued_ms`, `updated_ms`, `expires_at`, and
+//! job can take it), `total`, `enqueued_ms`, `updated_ms`, `expires_at`,
+//! `started_ms` (set by the first enqueue's [`DynamoOutcomeStore::begin_run`]), and
 //! no `run_id` attribute, so it never appears in the index it would skew.
 
 use super::{DynamoOutcomeStore, Item, n, s};
@@ -118,6 +119,54 @@ impl DynamoOutcomeStore {
             .set_expression_attribute_names(Some(names))
             .set_expression_attribute_values(Some(values))
             // The old item is not needed: a refusal means a larger total stands.
+            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::None)
+            .send()
+            .await;
+        match res {
+            Ok(_) => Ok(true),
+            Err(SdkError::ServiceError(ctx))
+                if matches!(ctx.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(classify(OP, &e)),
+        }
+    }
+
+    /// Marks the start of `run_id`'s first enqueue: returns true when this
+    /// call is the first for the run (no run record, or one past its TTL),
+    /// false when an enqueue of the run started before (`started_ms`) or
+    /// recorded a total. The producer marks the messages of a first enqueue
+    /// so that workers skip their lookup; a false here only keeps the
+    /// lookups. One conditional `UpdateItem`.
+    pub async fn begin_run(&self, run_id: &str, now_ms: u64) -> Result<bool, ServiceError> {
+        const OP: &str = "UpdateItem";
+        let values: Item =
+            [(":now", n(now_ms)), (":exp", n(now_ms / 1000 + self.ttl.as_secs())), (":now_s", n(now_ms / 1000))]
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+        let names: HashMap<String, String> = [
+            ("#st", "started_ms"),
+            ("#t", "total"),
+            ("#en", "enqueued_ms"),
+            ("#up", "updated_ms"),
+            ("#exp", "expires_at"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        self.counters.incr(OP);
+        let res = self
+            .client
+            .update_item()
+            .table_name(&self.table)
+            .key("job_id", s(&run_record_key(run_id)))
+            // An expired record's total belongs to the run id's earlier use.
+            .update_expression("SET #st = :now, #exp = :exp REMOVE #t, #en, #up")
+            .condition_expression("(attribute_not_exists(#st) AND attribute_not_exists(#t)) OR #exp <= :now_s")
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::None)
             .send()
             .await;
