@@ -90,47 +90,18 @@ impl DynamoOutcomeStore {
     /// Returns whether the stored total is now `total` (false: a larger total
     /// was already recorded and stands).
     pub async fn record_enqueued(&self, run_id: &str, total: u64, now_ms: u64) -> Result<bool, ServiceError> {
-        const OP: &str = "UpdateItem";
-        let values: Item = [
-            (":n", n(total)),
-            (":now", n(now_ms)),
-            (":exp", n(now_ms / 1000 + self.ttl.as_secs())),
-            (":now_s", n(now_ms / 1000)),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        let names: HashMap<String, String> =
-            [("#t", "total"), ("#en", "enqueued_ms"), ("#up", "updated_ms"), ("#exp", "expires_at")]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect();
-        self.counters.incr(OP);
         // `<=` rather than `<`: an equal re-run refreshes `updated_ms` and
         // the TTL. An expired record (TTL lags) counts as absent, so a run id
         // re-used after a week starts over instead of keeping its old total.
-        let res = self
-            .client
-            .update_item()
-            .table_name(&self.table)
-            .key("job_id", s(&run_record_key(run_id)))
-            .update_expression("SET #t = :n, #en = if_not_exists(#en, :now), #up = :now, #exp = :exp")
-            .condition_expression("attribute_not_exists(#t) OR #t <= :n OR #exp <= :now_s")
-            .set_expression_attribute_names(Some(names))
-            .set_expression_attribute_values(Some(values))
-            // The old item is not needed: a refusal means a larger total stands.
-            .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::None)
-            .send()
-            .await;
-        match res {
-            Ok(_) => Ok(true),
-            Err(SdkError::ServiceError(ctx))
-                if matches!(ctx.err(), UpdateItemError::ConditionalCheckFailedException(_)) =>
-            {
-                Ok(false)
-            }
-            Err(e) => Err(classify(OP, &e)),
-        }
+        self.update_run_record(
+            run_id,
+            "SET #t = :n, #en = if_not_exists(#en, :now), #up = :now, #exp = :exp",
+            "attribute_not_exists(#t) OR #t <= :n OR #exp <= :now_s",
+            &[("#t", "total"), ("#en", "enqueued_ms"), ("#up", "updated_ms"), ("#exp", "expires_at")],
+            vec![(":n", n(total))],
+            now_ms,
+        )
+        .await
     }
 
     /// Marks the start of `run_id`'s first enqueue: returns true when this
@@ -140,33 +111,52 @@ impl DynamoOutcomeStore {
     /// so that workers skip their lookup; a false here only keeps the
     /// lookups. One conditional `UpdateItem`.
     pub async fn begin_run(&self, run_id: &str, now_ms: u64) -> Result<bool, ServiceError> {
+        // An expired record's total belongs to the run id's earlier use.
+        self.update_run_record(
+            run_id,
+            "SET #st = :now, #exp = :exp REMOVE #t, #en, #up",
+            "(attribute_not_exists(#st) AND attribute_not_exists(#t)) OR #exp <= :now_s",
+            &[
+                ("#st", "started_ms"),
+                ("#t", "total"),
+                ("#en", "enqueued_ms"),
+                ("#up", "updated_ms"),
+                ("#exp", "expires_at"),
+            ],
+            Vec::new(),
+            now_ms,
+        )
+        .await
+    }
+
+    /// One conditional `UpdateItem` of the run record; false when the
+    /// condition refused it. Besides `values`, the expressions may use `:now`
+    /// (ms), `:now_s` and `:exp` (the TTL from now, in seconds).
+    async fn update_run_record(
+        &self,
+        run_id: &str,
+        update: &str,
+        condition: &str,
+        names: &[(&str, &str)],
+        values: Vec<(&str, AttributeValue)>,
+        now_ms: u64,
+    ) -> Result<bool, ServiceError> {
         const OP: &str = "UpdateItem";
-        let values: Item =
-            [(":now", n(now_ms)), (":exp", n(now_ms / 1000 + self.ttl.as_secs())), (":now_s", n(now_ms / 1000))]
-                .into_iter()
-                .map(|(k, v)| (k.to_owned(), v))
-                .collect();
-        let names: HashMap<String, String> = [
-            ("#st", "started_ms"),
-            ("#t", "total"),
-            ("#en", "enqueued_ms"),
-            ("#up", "updated_ms"),
-            ("#exp", "expires_at"),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect();
+        let clock =
+            [(":now", n(now_ms)), (":exp", n(now_ms / 1000 + self.ttl.as_secs())), (":now_s", n(now_ms / 1000))];
+        let values: Item = values.into_iter().chain(clock).map(|(k, v)| (k.to_owned(), v)).collect();
+        let names: HashMap<String, String> = names.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         self.counters.incr(OP);
         let res = self
             .client
             .update_item()
             .table_name(&self.table)
             .key("job_id", s(&run_record_key(run_id)))
-            // An expired record's total belongs to the run id's earlier use.
-            .update_expression("SET #st = :now, #exp = :exp REMOVE #t, #en, #up")
-            .condition_expression("(attribute_not_exists(#st) AND attribute_not_exists(#t)) OR #exp <= :now_s")
+            .update_expression(update)
+            .condition_expression(condition)
             .set_expression_attribute_names(Some(names))
             .set_expression_attribute_values(Some(values))
+            // The old item is not needed: a refusal is the whole answer.
             .return_values_on_condition_check_failure(ReturnValuesOnConditionCheckFailure::None)
             .send()
             .await;
