@@ -360,26 +360,13 @@ mod tests {
         let attrs = |l: &str| Some(serde_json::Map::from_iter([("label".to_owned(), serde_json::json!(l))]));
         let scored = Scored { top_k: vec![Prediction { label: "3".into(), score: 0.75 }], ..Scored::default() };
         let multi = ResultMessage {
-            v: RESULT_VERSION_MULTI,
-            job_id: "j".into(),
-            run_id: "r".into(),
-            url: String::new(),
-            status: ResultStatus::Ok,
             model: Some(ModelRef { name: "digits".into(), version: "sha256:ab".into() }),
-            top_k: vec![],
-            embedding: None,
-            dims: None,
-            outputs: Vec::new(),
-            error: None,
             attempts: 2,
-            worker: "w".into(),
-            completed_at: "2026-12-01T00:00:00Z".into(),
             latency_ms: Some(9),
-            attrs: None,
-            images: vec![
+            ..multi_of(vec![
                 ImageResult::scored("s3://b/a".into(), attrs("3"), scored),
                 ImageResult::failed("s3://b/b".into(), attrs("4"), &JobError::new(ErrorKind::Decode, "not a png")),
-            ],
+            ])
         };
         let json = multi.to_json();
         let v: serde_json::Value = serde_json::from_str(&json).expect("json");
