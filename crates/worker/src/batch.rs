@@ -12,12 +12,12 @@ use crate::settings::Settings;
 use scorefleet_core::batch::Policy;
 use scorefleet_core::error::JobError;
 use scorefleet_core::traits::Chw;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// A job and what became of each of its images so far: a model input, or
 /// the error that stopped it.
 pub(crate) type Batched = (Job, Vec<Result<Chw, JobError>>);
-use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 /// The model-batch policy of these settings.
 pub(crate) fn policy(s: &Settings) -> Policy {

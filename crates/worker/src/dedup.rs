@@ -298,17 +298,14 @@ fn start(
         },
         &ctx.metrics,
     );
+    // A one-image job's URL and attrs go on the job's result itself.
+    let single = parsed.as_ref().filter(|j| !j.multi).and_then(|j| j.images.first());
     let job = Job {
         held,
         job_id,
         run_id,
-        url: parsed
-            .as_ref()
-            .filter(|j| !j.multi)
-            .and_then(|j| j.images.first())
-            .map(|i| i.url_raw.clone())
-            .unwrap_or_default(),
-        attrs: parsed.as_ref().filter(|j| !j.multi).and_then(|j| j.images.first()).and_then(|i| i.attrs.clone()),
+        url: single.map(|i| i.url_raw.clone()).unwrap_or_default(),
+        attrs: single.and_then(|i| i.attrs.clone()),
         multi: parsed.as_ref().is_some_and(|j| j.multi),
         parsed,
         receipt: m.receipt_handle,

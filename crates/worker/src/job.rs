@@ -4,7 +4,7 @@
 use crate::lease::Held;
 use scorefleet_core::error::{ErrorKind, JobError};
 use scorefleet_core::job::{JobId, JobMessage};
-use scorefleet_core::lease::{Fence, Terminal};
+use scorefleet_core::lease::Fence;
 use scorefleet_core::result::{ErrorInfo, ImageResult, ModelRef, ResultMessage, ResultStatus, Scored};
 use scorefleet_core::traits::{Chw, JobQueue, OutcomeStore, Received, now_ms};
 use std::time::{Duration, Instant};
@@ -86,7 +86,7 @@ impl Job {
     pub(crate) fn failed(self, worker_id: &str, e: JobError) -> Outcome {
         let mut result = self.result(worker_id, ResultStatus::Error);
         result.error = Some(ErrorInfo::from(&e));
-        Outcome { job: self, result, terminal: Terminal::Failed }
+        Outcome { job: self, result }
     }
 
     /// This job's outcome from what became of each of its images, in order.
@@ -105,7 +105,7 @@ impl Job {
                     result.dims = scored.embedding.as_ref().map(Vec::len);
                     result.embedding = scored.embedding;
                     result.outputs = scored.outputs;
-                    Outcome { job: self, result, terminal: Terminal::Completed }
+                    Outcome { job: self, result }
                 }
                 Some(Err(e)) => self.failed(worker_id, e),
                 None => self.failed(
@@ -129,9 +129,7 @@ impl Job {
                 Err(e) => ImageResult::failed(m.url_raw.clone(), m.attrs.clone(), &e),
             })
             .collect();
-        let (status, terminal) =
-            if scored > 0 { (ResultStatus::Ok, Terminal::Completed) } else { (ResultStatus::Error, Terminal::Failed) };
-        let mut result = self.result(worker_id, status);
+        let mut result = self.result(worker_id, if scored > 0 { ResultStatus::Ok } else { ResultStatus::Error });
         if scored > 0 {
             result.model = Some(model.clone());
         } else if let Some(e) = first_error {
@@ -140,7 +138,7 @@ impl Job {
                 Some(ErrorInfo { kind: e.kind, message: format!("all {n} images failed; the first: {}", e.message) });
         }
         result.images = entries;
-        Outcome { job: self, result, terminal }
+        Outcome { job: self, result }
     }
 }
 
@@ -162,12 +160,12 @@ impl Decoded {
     }
 }
 
-/// Work for the record stage.
+/// Work for the record stage: its stored status follows the result's
+/// (`ok` → COMPLETED, `error` → FAILED).
 #[derive(Debug)]
 pub(crate) struct Outcome {
     pub(crate) job: Job,
     pub(crate) result: ResultMessage,
-    pub(crate) terminal: Terminal,
 }
 
 /// Work for the emit stage.

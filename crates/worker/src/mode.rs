@@ -13,8 +13,9 @@
 //!   unit on the lookup; its worst case is every job computed twice. So it is
 //!   chosen when one more computation of a job costs no more than the write
 //!   it saves, `cpu_s_per_image × images_per_job × vcpu_hour_usd / 3600 ≤
-//!   write_usd − read_usd / 2` (images per job as recorded so far), at the prices of `--dedup-vcpu-hour-usd`,
-//!   `--dedup-write-usd-per-million` and `--dedup-read-usd-per-million`
+//!   write_usd − read_usd / 2` (images per job as recorded so far), at the
+//!   prices of `--dedup-vcpu-hour-usd`, `--dedup-write-usd-per-million` and
+//!   `--dedup-read-usd-per-million`
 //!   (defaults: $0.044625 per vCPU-hour, $0.625 and $0.125 per million units:
 //!   ≈ 45 ms of CPU per image). The CPU per image is measured, not guessed: the model's forward
 //!   time per image plus the decode time per image, once the worker has run

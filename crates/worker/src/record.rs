@@ -59,7 +59,7 @@ pub(crate) async fn run<Q, O>(
 }
 
 async fn record_one<Q: JobQueue, O: OutcomeStore>(ctx: &Ctx, claims: &Claims<Q, O>, o: Outcome) -> Option<Emit> {
-    let Outcome { job, mut result, mut terminal } = o;
+    let Outcome { job, mut result } = o;
     if !job.held.is_ours() {
         // The keeper saw the lease lost: abandoned, never finished here.
         tracing::debug!(job_id = %job.job_id, "lease lost before recording; outcome dropped");
@@ -80,10 +80,8 @@ async fn record_one<Q: JobQueue, O: OutcomeStore>(ctx: &Ctx, claims: &Claims<Q, 
     let body = result.fit(json, MAX_RESULT_BYTES);
     if body.len() != bytes {
         tracing::warn!(job_id = %job.job_id, bytes, "result over the limit of a result message; scores dropped as too_large");
-        if result.status == ResultStatus::Error {
-            terminal = Terminal::Failed;
-        }
     }
+    let terminal = if result.status == ResultStatus::Ok { Terminal::Completed } else { Terminal::Failed };
     let started = Instant::now();
     if !job.fence.is_claim() {
         return record_unclaimed(ctx, &*claims.store, job, &result, terminal, body, started).await;
