@@ -210,24 +210,24 @@ impl ResultMessage {
     /// `v: 1` result as it is; a `v: 2` result's images, each with the
     /// job's id, run, model, attempts, worker and times. A `v: 2` result
     /// without images (a job that failed as a whole) is one row, as it is.
-    pub fn per_image(&self) -> Vec<ResultMessage> {
+    pub fn per_image(mut self) -> Vec<ResultMessage> {
         if self.images.is_empty() {
-            return vec![self.clone()];
+            return vec![self];
         }
-        let job = ResultMessage { images: Vec::new(), ..self.clone() };
-        self.images
-            .iter()
+        let images = std::mem::take(&mut self.images);
+        images
+            .into_iter()
             .map(|i| ResultMessage {
-                url: i.url.clone(),
+                url: i.url,
                 status: i.status,
-                model: if i.status == ResultStatus::Ok { job.model.clone() } else { None },
-                top_k: i.top_k.clone(),
-                embedding: i.embedding.clone(),
+                model: if i.status == ResultStatus::Ok { self.model.clone() } else { None },
+                top_k: i.top_k,
+                embedding: i.embedding,
                 dims: i.dims,
-                outputs: i.outputs.clone(),
-                error: i.error.clone(),
-                attrs: i.attrs.clone(),
-                ..job.clone()
+                outputs: i.outputs,
+                error: i.error,
+                attrs: i.attrs,
+                ..self.clone()
             })
             .collect()
     }
@@ -352,7 +352,7 @@ mod tests {
         assert_eq!(v["status"], "error");
         assert_eq!(v["error"]["kind"], "decode");
         assert!(v.get("top_k").is_none());
-        assert_eq!(err.per_image(), vec![err.clone()], "a one-image result is its own row");
+        assert_eq!(err.clone().per_image(), vec![err], "a one-image result is its own row");
     }
 
     #[test]
@@ -377,7 +377,7 @@ mod tests {
         assert_eq!(v["images"][1]["error"]["kind"], "decode");
         assert_eq!(v["images"][1]["attrs"]["label"], "4");
         assert_eq!(ResultMessage::parse(&json).expect("parse"), multi);
-        let rows = multi.per_image();
+        let rows = multi.clone().per_image();
         assert_eq!(rows.len(), 2);
         assert_eq!(
             (rows[0].url.as_str(), rows[0].status, rows[0].top().map(|p| p.score)),

@@ -173,13 +173,13 @@ pub async fn run<Q: JobQueue>(queue: &Q, opts: &Options, progress: &Progress) ->
                 Ok(r) => {
                     writeln!(jsonl, "{}", msg.body.trim_end()).map_err(io(&opts.jsonl))?;
                     let multi = !r.images.is_empty();
+                    seen.insert(&r.job_id);
                     let rows = r.per_image();
                     if let Some((p, w)) = csv.as_mut() {
                         for (i, row) in rows.iter().enumerate() {
                             writeln!(w, "{}", csv_row(row, multi.then_some(i))).map_err(io(p))?;
                         }
                     }
-                    seen.insert(&r.job_id);
                     summary.written += 1;
                     summary.images += rows.len() as u64;
                 }
